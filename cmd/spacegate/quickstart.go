@@ -1,0 +1,270 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"math/big"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/spf13/cobra"
+
+	"github.com/spacegate/spacegate/allowlist"
+	"github.com/spacegate/spacegate/tlsconf"
+)
+
+// The quickstart layout: a dev space CA, a server cert for the loopback
+// names, one client bundle named the way the managed platform names it, a
+// rules file per route that allows only loopback, and a config.
+const (
+	qsPostgresRoute  = "dev-postgres"
+	qsRedisRoute     = "dev-redis"
+	qsPostgresListen = "127.0.0.1:6432"
+	qsRedisListen    = "127.0.0.1:6380"
+	qsAdminListen    = "127.0.0.1:9187"
+)
+
+func newQuickstartCmd() *cobra.Command {
+	var dir string
+	var noServe bool
+	cmd := &cobra.Command{
+		Use:   "quickstart",
+		Short: "Make a dev CA, certs, rules and config, then serve",
+		Long: "Make a dev space CA, a server certificate for localhost, 127.0.0.1 and ::1, a client bundle\n" +
+			"(postgresql.crt, postgresql.key, root.crt), rules that allow loopback only and a config with\n" +
+			"a PostgreSQL route " + qsPostgresListen + " -> 127.0.0.1:5432 and a Redis route " + qsRedisListen + " -> 127.0.0.1:6379;\n" +
+			"then serve it and print the psql and redis-cli lines that connect. Files that exist are reused.",
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runQuickstart(cmd.Context(), cmd.OutOrStdout(), dir, !noServe)
+		},
+	}
+	cmd.Flags().StringVar(&dir, "dir", "spacegate-dev", "directory for the generated files")
+	cmd.Flags().BoolVar(&noServe, "no-serve", false, "only make the files and print how to connect")
+	return cmd
+}
+
+func runQuickstart(ctx context.Context, w io.Writer, dir string, serve bool) error {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	qs := quickstart{dir: dir, w: w}
+	if err := qs.make(); err != nil {
+		return err
+	}
+	qs.printHowTo()
+	if !serve {
+		return nil
+	}
+	fmt.Fprintf(w, "\nserving %s (Ctrl-C to stop)\n", qs.path("spacegate.yaml"))
+	return runServe(ctx, qs.path("spacegate.yaml"))
+}
+
+type quickstart struct {
+	dir string
+	w   io.Writer
+}
+
+func (q quickstart) path(elem ...string) string {
+	return filepath.Join(append([]string{q.dir}, elem...)...)
+}
+
+// make creates what is missing and reuses what exists, so that running
+// quickstart twice keeps the certificates clients already hold.
+func (q quickstart) make() error {
+	for _, d := range []string{"pki", "client", "rules"} {
+		if err := os.MkdirAll(q.path(d), 0o755); err != nil {
+			return err
+		}
+	}
+	// The space CA's key is the dev gate's crown jewel: 0700 around it.
+	if err := os.Chmod(q.path("pki"), 0o700); err != nil {
+		return err
+	}
+	ca, err := q.ca()
+	if err != nil {
+		return err
+	}
+	if err := q.serverCert(ca); err != nil {
+		return err
+	}
+	if err := q.clientBundle(ca); err != nil {
+		return err
+	}
+	if !exists(q.path("pki", "ca.crl")) {
+		now := time.Now()
+		crl, err := ca.CRL(nil, big.NewInt(1), now, now.AddDate(0, 1, 0))
+		if err != nil {
+			return err
+		}
+		if err := tlsconf.WriteFileAtomic(q.path("pki", "ca.crl"), crl, 0o644); err != nil {
+			return err
+		}
+	}
+	for _, route := range []string{qsPostgresRoute, qsRedisRoute} {
+		if err := q.rules(route); err != nil {
+			return err
+		}
+	}
+	return q.config()
+}
+
+func (q quickstart) ca() (*tlsconf.CA, error) {
+	certFile, keyFile := q.path("pki", "ca.crt"), q.path("pki", "ca.key")
+	if exists(certFile) {
+		return tlsconf.LoadCA(certFile, keyFile)
+	}
+	ca, err := tlsconf.NewCA("spacegate dev space CA", tlsconf.KeyECDSAP256, 10*365*24*time.Hour)
+	if err != nil {
+		return nil, err
+	}
+	if err := ca.WriteFiles(certFile, keyFile); err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(q.w, "created dev space CA %s\n", certFile)
+	return ca, nil
+}
+
+func (q quickstart) serverCert(ca *tlsconf.CA) error {
+	certFile, keyFile := q.path("pki", "server.crt"), q.path("pki", "server.key")
+	if exists(certFile) && exists(keyFile) {
+		return nil
+	}
+	iss, err := ca.Issue(tlsconf.IssueRequest{
+		CommonName:  "localhost",
+		DNSNames:    []string{"localhost"},
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("::1")},
+		Server:      true,
+	})
+	if err != nil {
+		return err
+	}
+	if err := writePair(certFile, iss.CertPEM, keyFile, iss.KeyPEM); err != nil {
+		return err
+	}
+	fmt.Fprintf(q.w, "created server certificate %s (localhost, 127.0.0.1, ::1)\n", certFile)
+	return nil
+}
+
+// clientBundle writes postgresql.crt, postgresql.key and root.crt, as the
+// managed platform names them. root.crt is what clients need to verify the
+// gate's server certificate: here the dev CA signed it.
+func (q quickstart) clientBundle(ca *tlsconf.CA) error {
+	certFile, keyFile := q.path("client", "postgresql.crt"), q.path("client", "postgresql.key")
+	if !exists(certFile) || !exists(keyFile) {
+		iss, err := ca.Issue(tlsconf.IssueRequest{CommonName: "dev-client"})
+		if err != nil {
+			return err
+		}
+		if err := writePair(certFile, append(iss.CertPEM, ca.CertPEM...), keyFile, iss.KeyPEM); err != nil {
+			return err
+		}
+		fmt.Fprintf(q.w, "created client certificate %s (serial %s, expires %s)\n",
+			certFile, tlsconf.FormatSerial(iss.Cert.SerialNumber), iss.Cert.NotAfter.UTC().Format(time.RFC3339))
+	}
+	if !exists(q.path("client", "root.crt")) {
+		return tlsconf.WriteFileAtomic(q.path("client", "root.crt"), ca.CertPEM, 0o644)
+	}
+	return nil
+}
+
+func (q quickstart) rules(route string) error {
+	file := q.path("rules", route+".yaml")
+	if exists(file) {
+		return nil
+	}
+	now := time.Now().UTC().Truncate(time.Second)
+	var rs allowlist.Rules
+	for _, r := range []struct{ cidr, desc string }{
+		{"127.0.0.1/32", "loopback (IPv4), made by quickstart"},
+		{"::1/128", "loopback (IPv6), made by quickstart"},
+	} {
+		rs.Rules = append(rs.Rules, allowlist.Rule{ID: uuid.NewString(), CIDR: mustPrefix(r.cidr), Description: r.desc, CreatedAt: now})
+	}
+	data, err := rs.Marshal()
+	if err != nil {
+		return err
+	}
+	return tlsconf.WriteFileAtomic(file, data, 0o644)
+}
+
+func (q quickstart) config() error {
+	file := q.path("spacegate.yaml")
+	if exists(file) {
+		return nil
+	}
+	cfg := `# spacegate dev config, made by 'spacegate quickstart'. Paths are relative to this file.
+admin:
+  listen: ` + qsAdminListen + `
+log:
+  level: info
+  format: console
+tls:
+  cert_file: pki/server.crt
+  key_file: pki/server.key
+  client_ca_file: pki/ca.crt
+  crl_file: pki/ca.crl
+  min_version: "1.2"
+pki:
+  dir: pki
+limits:
+  max_connections: 1000
+  handshake_timeout: 10s
+  upstream_connect_timeout: 5s
+  drain_timeout: 10s
+routes:
+  - name: ` + qsPostgresRoute + `
+    protocol: postgres
+    listen: ` + qsPostgresListen + `
+    upstream: 127.0.0.1:5432
+    ip_rules_file: rules/` + qsPostgresRoute + `.yaml
+  - name: ` + qsRedisRoute + `
+    protocol: redis
+    listen: ` + qsRedisListen + `
+    upstream: 127.0.0.1:6379
+    ip_rules_file: rules/` + qsRedisRoute + `.yaml
+`
+	return tlsconf.WriteFileAtomic(file, []byte(cfg), 0o644)
+}
+
+func (q quickstart) printHowTo() {
+	crt, key, root := q.path("client", "postgresql.crt"), q.path("client", "postgresql.key"), q.path("client", "root.crt")
+	_, pgPort, _ := net.SplitHostPort(qsPostgresListen)
+	_, redisPort, _ := net.SplitHostPort(qsRedisListen)
+	fmt.Fprintf(q.w, `
+Connect through the gate:
+
+  psql "host=localhost port=%s user=postgres dbname=postgres sslmode=verify-full sslcert=%s sslkey=%s sslrootcert=%s"
+
+  redis-cli --tls --cert %s --key %s --cacert %s -h localhost -p %s ping
+
+or with libpq's environment variables:
+
+  export PGSSLCERT=%s PGSSLKEY=%s PGSSLROOTCERT=%s
+  psql "host=localhost port=%s user=postgres sslmode=verify-full"
+
+Status: curl http://%s/v1/status   Metrics: curl http://%s/metrics
+`, pgPort, crt, key, root, crt, key, root, redisPort, crt, key, root, pgPort, qsAdminListen, qsAdminListen)
+}
+
+func writePair(certFile string, certPEM []byte, keyFile string, keyPEM []byte) error {
+	if err := tlsconf.WriteFileAtomic(keyFile, keyPEM, 0o600); err != nil {
+		return err
+	}
+	return tlsconf.WriteFileAtomic(certFile, certPEM, 0o644)
+}
+
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return !errors.Is(err, fs.ErrNotExist)
+}
+
+func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }

@@ -1,0 +1,48 @@
+package main
+
+import (
+	"context"
+
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+
+	"github.com/spacegate/spacegate/proxy"
+)
+
+func newServeCmd() *cobra.Command {
+	var config string
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the gate",
+		Long: "Run the gate with the config file given by --config, $SPACEGATE_CONFIG or ./spacegate.yaml.\n" +
+			"SIGTERM or SIGINT stop accepting, let live connections finish up to limits.drain_timeout, and exit 0.",
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runServe(cmd.Context(), configPath(config))
+		},
+	}
+	cmd.Flags().StringVar(&config, "config", "", "config file (default $SPACEGATE_CONFIG or ./spacegate.yaml)")
+	return cmd
+}
+
+// runServe loads the config at path and serves it until ctx ends.
+func runServe(ctx context.Context, path string) error {
+	cfg, err := proxy.LoadConfig(path)
+	if err != nil {
+		return problemsError(err)
+	}
+	log, err := proxy.NewLogger(cfg.Log)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = log.Sync() }()
+	srv, err := proxy.NewServer(proxy.Options{Config: cfg, Logger: log})
+	if err != nil {
+		return problemsError(err)
+	}
+	if err := srv.Run(ctx); err != nil {
+		log.Error("serve failed", zap.Error(err))
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,481 @@
+package proxy
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is the content of a spacegate config file (see README.md for every
+// key). Paths in it are relative to the file; LoadConfig resolves them.
+// A Config is a plain value: it holds no open files and is not shared.
+type Config struct {
+	Admin         AdminConfig         `yaml:"admin"`
+	Log           LogConfig           `yaml:"log"`
+	TLS           TLSConfig           `yaml:"tls"`
+	PKI           PKIConfig           `yaml:"pki"`
+	ProxyProtocol ProxyProtocolConfig `yaml:"proxy_protocol"`
+	Limits        LimitsConfig        `yaml:"limits"`
+	Routes        []RouteConfig       `yaml:"routes"`
+
+	// Path is the file the config was read from; "" if parsed from bytes.
+	Path string `yaml:"-"`
+
+	root *yaml.Node // the parsed document, to name the line of a key in later errors
+}
+
+// AdminConfig is the admin HTTP endpoint. An empty Listen disables it.
+type AdminConfig struct {
+	Listen string `yaml:"listen"`
+}
+
+// LogConfig selects the log level and encoding.
+type LogConfig struct {
+	Level  string `yaml:"level"`  // debug | info | warn | error; "" means info
+	Format string `yaml:"format"` // json | console; "" means json
+}
+
+// TLSConfig names the TLS files. At the top level it holds the defaults of
+// every route; on a route, each non-empty key overrides the default.
+type TLSConfig struct {
+	CertFile     string `yaml:"cert_file"`
+	KeyFile      string `yaml:"key_file"`
+	ClientCAFile string `yaml:"client_ca_file"`
+	CRLFile      string `yaml:"crl_file"`
+	MinVersion   string `yaml:"min_version"` // "1.2" (default) or "1.3"
+}
+
+// PKIConfig is where `spacegate ca` and `spacegate certs` keep the space CA.
+type PKIConfig struct {
+	Dir string `yaml:"dir"`
+}
+
+// ProxyProtocolConfig lists the peers allowed to send a PROXY protocol header.
+type ProxyProtocolConfig struct {
+	TrustedCIDRs []string `yaml:"trusted_cidrs"`
+}
+
+// LimitsConfig bounds what one gate accepts. Zero values take the defaults.
+type LimitsConfig struct {
+	MaxConnections         int           `yaml:"max_connections"`          // default 10000
+	HandshakeTimeout       time.Duration `yaml:"handshake_timeout"`        // default 10s
+	UpstreamConnectTimeout time.Duration `yaml:"upstream_connect_timeout"` // default 5s
+	DrainTimeout           time.Duration `yaml:"drain_timeout"`            // default 30s
+}
+
+// RouteConfig is one private backend exposed by the gate.
+type RouteConfig struct {
+	Name        string     `yaml:"name"`
+	Protocol    string     `yaml:"protocol"` // postgres | redis
+	Listen      string     `yaml:"listen"`
+	ServerNames []string   `yaml:"server_names"`
+	Upstream    string     `yaml:"upstream"`
+	UpstreamTLS string     `yaml:"upstream_tls"` // disable (default)
+	IPRulesFile string     `yaml:"ip_rules_file"`
+	MaxIPRules  int        `yaml:"max_ip_rules"` // default 60
+	Enabled     *bool      `yaml:"enabled"`      // nil means true
+	TLS         *TLSConfig `yaml:"tls"`          // per-route overrides of the top-level tls keys
+}
+
+// Protocols a route can speak.
+const (
+	ProtocolPostgres = "postgres"
+	ProtocolRedis    = "redis"
+)
+
+// Defaults applied by LoadConfig to keys left empty.
+const (
+	DefaultMaxConnections         = 10000
+	DefaultHandshakeTimeout       = 10 * time.Second
+	DefaultUpstreamConnectTimeout = 5 * time.Second
+	DefaultDrainTimeout           = 30 * time.Second
+	DefaultMaxIPRules             = 60
+)
+
+// IsEnabled reports whether the route accepts connections.
+func (r *RouteConfig) IsEnabled() bool { return r.Enabled == nil || *r.Enabled }
+
+// EffectiveTLS returns the route's TLS keys: its own where set, else the defaults.
+func (r *RouteConfig) EffectiveTLS(defaults TLSConfig) TLSConfig {
+	t := defaults
+	if r.TLS == nil {
+		return t
+	}
+	set := func(dst *string, v string) {
+		if v != "" {
+			*dst = v
+		}
+	}
+	set(&t.CertFile, r.TLS.CertFile)
+	set(&t.KeyFile, r.TLS.KeyFile)
+	set(&t.ClientCAFile, r.TLS.ClientCAFile)
+	set(&t.CRLFile, r.TLS.CRLFile)
+	set(&t.MinVersion, r.TLS.MinVersion)
+	return t
+}
+
+// ConfigError is one problem at one place of a config file. Line is 0 when
+// the problem has no single place (a missing section, say).
+type ConfigError struct {
+	File string
+	Line int
+	Msg  string
+}
+
+func (e *ConfigError) Error() string {
+	switch {
+	case e.File != "" && e.Line > 0:
+		return fmt.Sprintf("%s:%d: %s", e.File, e.Line, e.Msg)
+	case e.File != "":
+		return e.File + ": " + e.Msg
+	case e.Line > 0:
+		return fmt.Sprintf("line %d: %s", e.Line, e.Msg)
+	}
+	return e.Msg
+}
+
+// Problems returns the individual errors inside err: the members of an
+// errors.Join, recursively, or err itself. `spacegate check` prints one a line.
+func Problems(err error) []error {
+	if err == nil {
+		return nil
+	}
+	j, ok := err.(interface{ Unwrap() []error })
+	if !ok {
+		return []error{err}
+	}
+	var out []error
+	for _, e := range j.Unwrap() {
+		out = append(out, Problems(e)...)
+	}
+	return out
+}
+
+// LoadConfig reads, decodes and validates the config file at path, resolving
+// relative paths against its directory. It reports every problem it finds,
+// each naming file and line, joined with errors.Join. It does not open the
+// files the config names; Build does.
+func LoadConfig(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading config: %w", err)
+	}
+	cfg, err := ParseConfig(data, path)
+	if err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// ParseConfig decodes and validates data as a config file named file.
+func ParseConfig(data []byte, file string) (*Config, error) {
+	cfg, err := parseConfig(data, file)
+	if err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// Check validates the config file at path and every file it names, and
+// returns every problem found, joined. Unlike LoadConfig followed by Build,
+// it goes on to the named files even when the config itself has problems,
+// so that one run of `spacegate check` lists them all.
+func Check(path string) (*Snapshot, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading config: %w", err)
+	}
+	cfg, cfgErr := parseConfig(data, path)
+	if cfg == nil {
+		return nil, cfgErr
+	}
+	snap, buildErr := Build(cfg, 0)
+	return snap, errors.Join(cfgErr, buildErr)
+}
+
+// parseConfig returns the config with relative paths resolved and every
+// problem found. The config is nil only when data is not YAML at all.
+func parseConfig(data []byte, file string) (*Config, error) {
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return nil, yamlProblems(file, err)
+	}
+	cfg := &Config{Path: file, root: &root}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	var decodeErr error
+	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) {
+		// A TypeError still fills every field it could; keep validating so
+		// that `check` shows all problems in one run.
+		var te *yaml.TypeError
+		if !errors.As(err, &te) {
+			return nil, yamlProblems(file, err)
+		}
+		decodeErr = yamlProblems(file, err)
+	}
+	v := validator{file: file, root: &root}
+	cfg.validate(&v)
+	cfg.resolvePaths()
+	return cfg, errors.Join(decodeErr, errors.Join(v.errs...))
+}
+
+// problemAt returns a problem located at the key named by path.
+func (c *Config) problemAt(path []any, format string, args ...any) error {
+	return &ConfigError{File: c.Path, Line: lineOf(c.root, path...), Msg: fmt.Sprintf(format, args...)}
+}
+
+var yamlLine = regexp.MustCompile(`^(?:yaml: )?line (\d+): (.*)$`)
+
+// yamlProblems turns a yaml.v3 error into one ConfigError per line it reports.
+func yamlProblems(file string, err error) error {
+	var msgs []string
+	var te *yaml.TypeError
+	if errors.As(err, &te) {
+		msgs = te.Errors
+	} else {
+		msgs = []string{err.Error()}
+	}
+	var errs []error
+	for _, m := range msgs {
+		ce := &ConfigError{File: file, Msg: strings.TrimPrefix(m, "yaml: ")}
+		if sm := yamlLine.FindStringSubmatch(m); sm != nil {
+			ce.Line, _ = strconv.Atoi(sm[1])
+			ce.Msg = sm[2]
+		}
+		ce.Msg = strings.Replace(ce.Msg, "in type proxy.", "in ", 1)
+		errs = append(errs, ce)
+	}
+	return errors.Join(errs...)
+}
+
+// validator collects problems with the line of the key they concern.
+type validator struct {
+	file string
+	root *yaml.Node
+	errs []error
+}
+
+// addf records a problem at the key named by path ("routes", 0, "listen").
+func (v *validator) addf(path []any, format string, args ...any) {
+	v.errs = append(v.errs, &ConfigError{File: v.file, Line: lineOf(v.root, path...), Msg: fmt.Sprintf(format, args...)})
+}
+
+// lineOf returns the line of the value at path in a decoded document, or of
+// the deepest ancestor that exists, or 0.
+func lineOf(n *yaml.Node, path ...any) int {
+	if n == nil {
+		return 0
+	}
+	if n.Kind == yaml.DocumentNode && len(n.Content) > 0 {
+		n = n.Content[0]
+	}
+	line := n.Line
+	for _, p := range path {
+		var next *yaml.Node
+		switch k := p.(type) {
+		case string:
+			if n.Kind == yaml.MappingNode {
+				for i := 0; i+1 < len(n.Content); i += 2 {
+					if n.Content[i].Value == k {
+						next = n.Content[i+1]
+						line = n.Content[i].Line
+						break
+					}
+				}
+			}
+		case int:
+			if n.Kind == yaml.SequenceNode && k < len(n.Content) {
+				next = n.Content[k]
+				line = next.Line
+			}
+		}
+		if next == nil {
+			return line
+		}
+		n = next
+	}
+	return line
+}
+
+var routeName = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,62}$`)
+
+func (c *Config) validate(v *validator) {
+	switch c.Log.Level {
+	case "", "debug", "info", "warn", "error":
+	default:
+		v.addf([]any{"log", "level"}, "log.level %q is not one of debug, info, warn, error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "", "json", "console":
+	default:
+		v.addf([]any{"log", "format"}, "log.format %q is not one of json, console", c.Log.Format)
+	}
+	if c.Admin.Listen != "" {
+		if err := checkHostPort(c.Admin.Listen); err != nil {
+			v.addf([]any{"admin", "listen"}, "admin.listen: %v", err)
+		}
+	}
+	for i, s := range c.ProxyProtocol.TrustedCIDRs {
+		if _, err := netip.ParsePrefix(s); err != nil {
+			v.addf([]any{"proxy_protocol", "trusted_cidrs", i}, "proxy_protocol.trusted_cidrs: %q is not a CIDR block such as 10.0.0.0/8", s)
+		}
+	}
+	if len(c.ProxyProtocol.TrustedCIDRs) > 0 {
+		v.addf([]any{"proxy_protocol", "trusted_cidrs"}, "proxy_protocol.trusted_cidrs: PROXY protocol input is not supported by this version yet; remove the key")
+	}
+	l := &c.Limits
+	if l.MaxConnections < 0 {
+		v.addf([]any{"limits", "max_connections"}, "limits.max_connections must not be negative, got %d", l.MaxConnections)
+	}
+	for _, d := range []struct {
+		key string
+		val *time.Duration
+		def time.Duration
+	}{
+		{"handshake_timeout", &l.HandshakeTimeout, DefaultHandshakeTimeout},
+		{"upstream_connect_timeout", &l.UpstreamConnectTimeout, DefaultUpstreamConnectTimeout},
+		{"drain_timeout", &l.DrainTimeout, DefaultDrainTimeout},
+	} {
+		if *d.val < 0 {
+			v.addf([]any{"limits", d.key}, "limits.%s must be positive, got %s", d.key, *d.val)
+		}
+		if *d.val == 0 {
+			*d.val = d.def
+		}
+	}
+	if l.MaxConnections == 0 {
+		l.MaxConnections = DefaultMaxConnections
+	}
+	c.TLS.validate(v, []any{"tls"}, "tls")
+
+	if len(c.Routes) == 0 {
+		v.addf([]any{"routes"}, "no routes: add at least one under routes:")
+	}
+	names := map[string]int{}
+	listens := map[string]int{}
+	for i := range c.Routes {
+		r := &c.Routes[i]
+		at := func(key string) []any { return []any{"routes", i, key} }
+		if r.Name == "" {
+			v.addf([]any{"routes", i}, "route %d has no name", i+1)
+		} else if !routeName.MatchString(r.Name) {
+			v.addf(at("name"), "route name %q must be lowercase letters, digits, '-', '_' or '.'", r.Name)
+		} else if j, dup := names[r.Name]; dup {
+			v.addf(at("name"), "route name %q is used twice (also on line %d)", r.Name, lineOf(v.root, "routes", j, "name"))
+		} else {
+			names[r.Name] = i
+		}
+		switch r.Protocol {
+		case ProtocolPostgres, ProtocolRedis:
+		case "":
+			v.addf([]any{"routes", i}, "route %q has no protocol: set postgres or redis", r.Name)
+		default:
+			v.addf(at("protocol"), "route %q: protocol %q is not postgres or redis", r.Name, r.Protocol)
+		}
+		if r.Listen == "" {
+			v.addf([]any{"routes", i}, "route %q has no listen address", r.Name)
+		} else if err := checkHostPort(r.Listen); err != nil {
+			v.addf(at("listen"), "route %q: listen: %v", r.Name, err)
+		} else if j, dup := listens[r.Listen]; dup {
+			v.addf(at("listen"), "route %q: listen address %s is already used by route %q (sharing one address by SNI is not supported by this version yet)", r.Name, r.Listen, c.Routes[j].Name)
+		} else {
+			listens[r.Listen] = i
+		}
+		if len(r.ServerNames) > 0 {
+			v.addf(at("server_names"), "route %q: server_names (SNI routing) is not supported by this version yet; remove the key", r.Name)
+		}
+		if r.Upstream == "" {
+			v.addf([]any{"routes", i}, "route %q has no upstream address", r.Name)
+		} else if err := checkHostPort(r.Upstream); err != nil {
+			v.addf(at("upstream"), "route %q: upstream: %v", r.Name, err)
+		}
+		switch r.UpstreamTLS {
+		case "", "disable":
+		case "require", "verify-full":
+			v.addf(at("upstream_tls"), "route %q: upstream_tls %q is not supported by this version yet; use disable", r.Name, r.UpstreamTLS)
+		default:
+			v.addf(at("upstream_tls"), "route %q: upstream_tls %q is not one of disable, require, verify-full", r.Name, r.UpstreamTLS)
+		}
+		if r.IPRulesFile == "" {
+			v.addf([]any{"routes", i}, "route %q has no ip_rules_file: every route needs one (an empty rules list allows nobody)", r.Name)
+		}
+		if r.MaxIPRules < 0 {
+			v.addf(at("max_ip_rules"), "route %q: max_ip_rules must be positive, got %d", r.Name, r.MaxIPRules)
+		} else if r.MaxIPRules == 0 {
+			r.MaxIPRules = DefaultMaxIPRules
+		}
+		if r.TLS != nil {
+			r.TLS.validate(v, []any{"routes", i, "tls"}, "routes["+strconv.Itoa(i)+"].tls")
+		}
+		eff := r.EffectiveTLS(c.TLS)
+		for _, k := range []struct{ key, val string }{
+			{"cert_file", eff.CertFile}, {"key_file", eff.KeyFile}, {"client_ca_file", eff.ClientCAFile},
+		} {
+			if k.val == "" {
+				v.addf([]any{"tls"}, "route %q has no tls.%s: set it under tls: or on the route", r.Name, k.key)
+			}
+		}
+	}
+}
+
+func (t *TLSConfig) validate(v *validator, path []any, name string) {
+	switch t.MinVersion {
+	case "", "1.2", "1.3":
+	default:
+		v.addf(append(path, "min_version"), "%s.min_version %q: use \"1.2\" or \"1.3\" (older TLS is not offered)", name, t.MinVersion)
+	}
+}
+
+// checkHostPort checks a host:port address with a numeric port.
+func checkHostPort(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port (IPv6 as [::1]:5432)", addr)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("%q: port %q is not a number from 1 to 65535", addr, port)
+	}
+	if host == "" {
+		return fmt.Errorf("%q has no host: write 0.0.0.0:%s to listen on every address", addr, port)
+	}
+	return nil
+}
+
+// resolvePaths makes every relative path absolute against the config file's directory.
+func (c *Config) resolvePaths() {
+	dir := "."
+	if c.Path != "" {
+		dir = filepath.Dir(c.Path)
+	}
+	abs := func(p *string) {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(dir, *p)
+		}
+	}
+	absTLS := func(t *TLSConfig) {
+		abs(&t.CertFile)
+		abs(&t.KeyFile)
+		abs(&t.ClientCAFile)
+		abs(&t.CRLFile)
+	}
+	absTLS(&c.TLS)
+	abs(&c.PKI.Dir)
+	for i := range c.Routes {
+		r := &c.Routes[i]
+		abs(&r.IPRulesFile)
+		if r.TLS != nil {
+			absTLS(r.TLS)
+		}
+	}
+}

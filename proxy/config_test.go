@@ -1,0 +1,135 @@
+package proxy
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+const minimalConfig = `tls:
+  cert_file: pki/server.crt
+  key_file: pki/server.key
+  client_ca_file: pki/ca.crt
+routes:
+  - name: db
+    protocol: postgres
+    listen: 127.0.0.1:6432
+    upstream: 127.0.0.1:5432
+    ip_rules_file: rules/db.yaml
+`
+
+func TestParseConfigDefaultsAndPaths(t *testing.T) {
+	cfg, err := ParseConfig([]byte(minimalConfig), "/etc/spacegate/spacegate.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := cfg.Limits
+	if l.MaxConnections != DefaultMaxConnections || l.HandshakeTimeout != DefaultHandshakeTimeout ||
+		l.UpstreamConnectTimeout != DefaultUpstreamConnectTimeout || l.DrainTimeout != DefaultDrainTimeout {
+		t.Errorf("limits defaults = %+v", l)
+	}
+	r := cfg.Routes[0]
+	if r.MaxIPRules != 60 || !r.IsEnabled() {
+		t.Errorf("route defaults = %+v", r)
+	}
+	if r.IPRulesFile != "/etc/spacegate/rules/db.yaml" || cfg.TLS.CertFile != "/etc/spacegate/pki/server.crt" {
+		t.Errorf("paths not resolved against the config dir: %q %q", r.IPRulesFile, cfg.TLS.CertFile)
+	}
+}
+
+func TestParseConfigProblems(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		yaml string
+		want []string // each must appear among the problems
+	}{
+		{"unknown key", minimalConfig + "    colour: blue\n", []string{"c.yaml:11: field colour not found"}},
+		{"bad duration", "limits:\n  handshake_timeout: 10x\n" + minimalConfig, []string{"c.yaml:2:", "10x"}},
+		{"negative duration", "limits:\n  drain_timeout: -1s\n" + minimalConfig, []string{"c.yaml:2: limits.drain_timeout must be positive"}},
+		{"duplicate route name and listen", minimalConfig + `  - name: db
+    protocol: redis
+    listen: 127.0.0.1:6432
+    upstream: 127.0.0.1:6379
+    ip_rules_file: rules/db.yaml
+`, []string{`c.yaml:11: route name "db" is used twice (also on line 6)`, "c.yaml:13: route \"db\": listen address 127.0.0.1:6432 is already used by route \"db\""}},
+		{"bad protocol and addresses", `tls: {cert_file: a, key_file: b, client_ca_file: c}
+routes:
+  - name: x
+    protocol: mysql
+    listen: 6432
+    upstream: "db:99999"
+`, []string{`c.yaml:4: route "x": protocol "mysql"`, `c.yaml:5: route "x": listen: "6432" is not host:port`, `c.yaml:6: route "x": upstream: "db:99999": port`, `c.yaml:3: route "x" has no ip_rules_file`}},
+		{"no tls files", "routes:\n  - name: db\n    protocol: postgres\n    listen: 127.0.0.1:1\n    upstream: 127.0.0.1:2\n    ip_rules_file: r\n",
+			[]string{`route "db" has no tls.cert_file`, `route "db" has no tls.client_ca_file`}},
+		{"no routes", "admin:\n  listen: 127.0.0.1:9187\n", []string{"no routes"}},
+		{"bad min_version", "tls:\n  min_version: \"1.0\"\n" + strings.TrimPrefix(minimalConfig, "tls:\n"), []string{`c.yaml:2: tls.min_version "1.0"`}},
+		{"bad log level", "log:\n  level: loud\n" + minimalConfig, []string{`c.yaml:2: log.level "loud"`}},
+		{"not yaml", "routes: [\n", []string{"c.yaml:"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseConfig([]byte(tc.yaml), "c.yaml")
+			if err == nil {
+				t.Fatal("no error")
+			}
+			var all []string
+			for _, p := range Problems(err) {
+				all = append(all, p.Error())
+			}
+			joined := strings.Join(all, "\n")
+			for _, w := range tc.want {
+				if !strings.Contains(joined, w) {
+					t.Errorf("problems lack %q; got:\n%s", w, joined)
+				}
+			}
+		})
+	}
+}
+
+// TestBuildReportsEveryFileProblem: Build loads every named file and lists
+// all problems, each naming its file, rather than stopping at the first.
+func TestBuildReportsEveryFileProblem(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "rules.yaml"), []byte("rules:\n  - id: 00000000-0000-4000-8000-000000000001\n    cidr: 10.0.0.5/8\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "c.yaml")
+	cfg := strings.Replace(minimalConfig, "rules/db.yaml", "rules.yaml", 1) + `  - name: cache
+    protocol: redis
+    listen: 127.0.0.1:6380
+    upstream: 127.0.0.1:6379
+    ip_rules_file: missing.yaml
+`
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Build(c, 1)
+	joined := ""
+	for _, p := range Problems(err) {
+		joined += p.Error() + "\n"
+	}
+	for _, w := range []string{
+		"rules.yaml:3:", "did you mean 10.0.0.0/8",
+		"missing.yaml",
+		"server.crt",
+	} {
+		if !strings.Contains(joined, w) {
+			t.Errorf("problems lack %q; got:\n%s", w, joined)
+		}
+	}
+}
+
+func TestEffectiveTLS(t *testing.T) {
+	def := TLSConfig{CertFile: "a", KeyFile: "b", ClientCAFile: "c", MinVersion: "1.2"}
+	r := RouteConfig{TLS: &TLSConfig{ClientCAFile: "other-ca", MinVersion: "1.3"}}
+	got := r.EffectiveTLS(def)
+	want := TLSConfig{CertFile: "a", KeyFile: "b", ClientCAFile: "other-ca", MinVersion: "1.3"}
+	if got != want {
+		t.Fatalf("EffectiveTLS = %+v, want %+v", got, want)
+	}
+
+}

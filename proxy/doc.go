@@ -1,0 +1,16 @@
+// Package proxy is the spacegate gate itself: the config model, the listeners,
+// the life of one client connection through the PostgreSQL or Redis front end,
+// the checks that decide whether it may reach its upstream, the splice that
+// carries its bytes afterwards, and the admin HTTP endpoint that exposes
+// metrics and status.
+//
+// A Server serves one immutable Snapshot at a time: the routes, one allowlist
+// matcher per route, and the TLS material. Each connection reads the snapshot
+// once, when it is accepted, so a connection never mixes two configurations.
+//
+// Nothing is written to an upstream before every check has passed: the source
+// address, the client certificate and the connection limits. Refusals are
+// sent to the client in its own protocol (a PostgreSQL ErrorResponse or a
+// RESP error line) and say why in the client's terms; internals such as
+// upstream addresses and file paths go to the log only.
+package proxy

@@ -1,0 +1,257 @@
+package proxy
+
+// The PostgreSQL front end. A client speaks first, with a start-up packet
+// that has no type byte: a big-endian int32 length (itself included) and an
+// int32 code. The codes and the server's answers (protocol.sgml, "Message
+// Flow", and src/backend/tcop/backend_startup.c):
+//
+//	SSLRequest     80877103  answer 'S', then TLS; never an ErrorResponse,
+//	                         which libpq since CVE-2024-10977 shows only as
+//	                         "server sent an error response during SSL exchange"
+//	GSSENCRequest  80877104  answer 'N'; the client may then send SSLRequest
+//	CancelRequest  80877102  no answer; the server closes
+//	StartupMessage 3.x       protocol version 3.0 or 3.2, then name\0value\0...\0
+//
+// A PostgreSQL 17 client with sslnegotiation=direct skips the SSLRequest and
+// starts a TLS ClientHello at once; its first byte, 0x16 (a TLS handshake
+// record), can never start a start-up packet, whose length is below 2^24.
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"syscall"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+	"go.uber.org/zap"
+)
+
+const (
+	codeSSLRequest    = 80877103
+	codeGSSENCRequest = 80877104
+	codeCancelRequest = 80877102
+	protocolMajor3    = 3
+
+	// maxStartupPacket is PostgreSQL's MAX_STARTUP_PACKET_LENGTH: a longer
+	// packet is refused before anything is allocated for it.
+	maxStartupPacket = 10000
+	// A CancelRequest is 16 bytes in protocol 3.0; 3.2 allows a secret key of
+	// up to 256 bytes.
+	minCancelPacket = 16
+	maxCancelPacket = 12 + 256
+
+	tlsRecordHandshake = 0x16
+	alpnPostgres       = "postgresql"
+)
+
+// readStartupPacket reads one start-up packet from r, exactly and never more:
+// bytes after it belong to the next protocol phase. first, if not nil, is its
+// already-read first byte.
+func readStartupPacket(r io.Reader, first []byte) ([]byte, uint32, error) {
+	var hdr [8]byte
+	n := copy(hdr[:], first)
+	if _, err := io.ReadFull(r, hdr[n:]); err != nil {
+		return nil, 0, err
+	}
+	length := binary.BigEndian.Uint32(hdr[0:4])
+	code := binary.BigEndian.Uint32(hdr[4:8])
+	if length < 8 || length > maxStartupPacket {
+		return nil, 0, refuse(ReasonProtocolViolation, fmt.Sprintf("invalid length of startup packet: %d bytes, expected 8 to %d", length, maxStartupPacket), nil)
+	}
+	pkt := make([]byte, length)
+	copy(pkt, hdr[:])
+	if _, err := io.ReadFull(r, pkt[8:]); err != nil {
+		return nil, 0, err
+	}
+	return pkt, code, nil
+}
+
+// startPostgres negotiates TLS with a PostgreSQL client and reads its
+// StartupMessage inside TLS into c.startup.
+func (c *conn) startPostgres(ctx context.Context) error {
+	c.phase = PhaseNegotiate
+	var first [1]byte
+	gssencRefused := false
+	for {
+		if _, err := io.ReadFull(c.nc, first[:]); err != nil {
+			return err
+		}
+		if first[0] == tlsRecordHandshake {
+			return c.startDirectTLS(ctx, first[:])
+		}
+		pkt, code, err := readStartupPacket(c.nc, first[:])
+		if err != nil {
+			return err
+		}
+		switch {
+		case code == codeGSSENCRequest && len(pkt) == 8 && !gssencRefused:
+			// GSSAPI encryption is not offered; libpq then asks for TLS.
+			gssencRefused = true
+			if _, err := c.nc.Write([]byte{'N'}); err != nil {
+				return err
+			}
+			continue
+		case code == codeSSLRequest && len(pkt) == 8:
+			return c.startClassicTLS(ctx)
+		case code == codeCancelRequest:
+			return c.forwardCancel(ctx, pkt)
+		case code>>16 == protocolMajor3:
+			return &Refusal{
+				Reason: ReasonTLSRequired,
+				Msg:    fmt.Sprintf("route %s requires TLS with a client certificate; the connection was not encrypted", c.route.Name),
+				Hint:   "connect with sslmode=verify-full (or verify-ca) and set sslcert, sslkey and sslrootcert (PGSSLCERT, PGSSLKEY, PGSSLROOTCERT)",
+			}
+		default:
+			return refuse(ReasonProtocolViolation, fmt.Sprintf("unsupported start-up packet (code %d, %d bytes); this is a PostgreSQL gate", code, len(pkt)), nil)
+		}
+	}
+}
+
+// startClassicTLS answers an SSLRequest with 'S' and runs the handshake.
+func (c *conn) startClassicTLS(ctx context.Context) error {
+	// Bytes sent after the SSLRequest but before our 'S' cannot belong to a
+	// TLS ClientHello of an honest client: they are plaintext that a
+	// man-in-the-middle could have injected (CVE-2021-23222). PostgreSQL
+	// refuses them; so do we.
+	if pending, err := hasPendingInput(c.nc); err != nil {
+		return err
+	} else if pending {
+		return refuse(ReasonProtocolViolation, "received unencrypted data after SSL request", nil)
+	}
+	if _, err := c.nc.Write([]byte{'S'}); err != nil {
+		return err
+	}
+	if err := c.startTLS(ctx, nil); err != nil {
+		return err
+	}
+	return c.readStartupInTLS(ctx)
+}
+
+// startDirectTLS runs a PostgreSQL 17 direct TLS handshake, whose first byte
+// has been read already. ALPN "postgresql" is mandatory there: it is what
+// tells a PostgreSQL client from another TLS client talking to the wrong port.
+func (c *conn) startDirectTLS(ctx context.Context, first []byte) error {
+	if err := c.startTLS(ctx, first); err != nil {
+		return err
+	}
+	if p := c.tlsConn.ConnectionState().NegotiatedProtocol; p != alpnPostgres {
+		return refuse(ReasonProtocolViolation, "direct TLS connection without ALPN protocol \"postgresql\"; use a PostgreSQL 17+ client or sslnegotiation=postgres", nil)
+	}
+	return c.readStartupInTLS(ctx)
+}
+
+// readStartupInTLS reads the first packet inside TLS: a StartupMessage, or a
+// CancelRequest sent by libpq 17's PQcancelCreate or pgx.
+func (c *conn) readStartupInTLS(ctx context.Context) error {
+	pkt, code, err := readStartupPacket(c.client, nil)
+	if err != nil {
+		return err
+	}
+	switch {
+	case code == codeCancelRequest:
+		return c.forwardCancel(ctx, pkt)
+	case code == codeSSLRequest || code == codeGSSENCRequest:
+		return refuse(ReasonProtocolViolation, "encryption requested again inside TLS", nil)
+	case code>>16 != protocolMajor3:
+		return &Refusal{Reason: ReasonProtocolViolation,
+			Msg: fmt.Sprintf("unsupported frontend protocol %d.%d: this gate speaks protocol 3", code>>16, code&0xffff)}
+	}
+	var sm pgproto3.StartupMessage
+	if err := sm.Decode(pkt[4:]); err != nil {
+		return refuse(ReasonProtocolViolation, "invalid startup packet layout", err)
+	}
+	c.pgUser = sm.Parameters["user"]
+	c.pgDB = sm.Parameters["database"]
+	if c.pgDB == "" {
+		c.pgDB = c.pgUser
+	}
+	if c.pgUser == "" {
+		return &Refusal{Reason: ReasonProtocolViolation, Msg: "no PostgreSQL user name specified in startup packet"}
+	}
+	c.startup = pkt
+	return nil
+}
+
+// forwardCancel forwards a CancelRequest to the route's upstream if the
+// source address is allowed. A cancel carries no certificate when it comes
+// in plaintext, as from psql and pgbench, so the IP rule is its only gate
+// here; PostgreSQL itself checks the secret key. The packet is forwarded
+// unchanged, so any replica can forward any cancel without shared state.
+func (c *conn) forwardCancel(ctx context.Context, pkt []byte) error {
+	c.cancel = true
+	m := c.srv.metrics.cancels
+	if len(pkt) < minCancelPacket || len(pkt) > maxCancelPacket {
+		m.WithLabelValues(c.route.Name, "refused").Inc()
+		return refuse(ReasonProtocolViolation, fmt.Sprintf("invalid CancelRequest length %d", len(pkt)), nil)
+	}
+	if err := c.checkSource(); err != nil {
+		m.WithLabelValues(c.route.Name, "refused").Inc()
+		var r *Refusal
+		if errors.As(err, &r) {
+			r.quiet = true // PostgreSQL never answers a cancel
+		}
+		return err
+	}
+	if !c.route.IsEnabled() {
+		m.WithLabelValues(c.route.Name, "refused").Inc()
+		return errCancelHandled
+	}
+	d := net.Dialer{Timeout: c.snap.Config.Limits.UpstreamConnectTimeout}
+	up, err := d.DialContext(ctx, "tcp", c.route.Upstream)
+	if err != nil {
+		m.WithLabelValues(c.route.Name, "failed").Inc()
+		c.srv.log.Warn("cancel request not forwarded", zap.String("id", c.id), zap.String("route", c.route.Name), zap.Error(err))
+		return errCancelHandled
+	}
+	defer up.Close()
+	_ = up.SetDeadline(c.start.Add(c.snap.Config.Limits.HandshakeTimeout))
+	if _, err := up.Write(pkt); err != nil {
+		m.WithLabelValues(c.route.Name, "failed").Inc()
+		return errCancelHandled
+	}
+	// Wait for PostgreSQL to close its side: it has read the packet then.
+	_, _ = io.Copy(io.Discard, io.LimitReader(up, 1024))
+	m.WithLabelValues(c.route.Name, "forwarded").Inc()
+	return errCancelHandled
+}
+
+// pgError encodes r as a PostgreSQL FATAL ErrorResponse.
+func pgError(r *Refusal) []byte {
+	msg := pgproto3.ErrorResponse{
+		Severity:            "FATAL",
+		SeverityUnlocalized: "FATAL",
+		Code:                r.Reason.sqlstate(),
+		Message:             r.Msg,
+		Hint:                r.Hint,
+	}
+	b, err := msg.Encode(nil)
+	if err != nil {
+		// Only oversized messages fail to encode; ours are short sentences.
+		return nil
+	}
+	return b
+}
+
+// hasPendingInput reports whether the peer has sent bytes that are waiting
+// in the socket's receive buffer, without consuming them.
+func hasPendingInput(nc net.Conn) (bool, error) {
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return false, nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false, err
+	}
+	pending := false
+	var buf [1]byte
+	err = rc.Read(func(fd uintptr) bool {
+		n, _, rerr := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		pending = n > 0 && rerr == nil
+		return true // never wait: we only want to know what is there now
+	})
+	return pending, err
+}

@@ -1,0 +1,108 @@
+package proxy
+
+import "github.com/spacegate/spacegate/tlsconf"
+
+// Reason says why a connection was refused or cut. One value feeds the audit
+// log field, the metric label and the choice of client-facing error code.
+type Reason uint8
+
+// The reasons, in the order the checks run.
+const (
+	ReasonNone              Reason = iota
+	ReasonProtocolViolation        // garbage, oversized packets, plaintext after SSLRequest
+	ReasonTLSRequired              // a plaintext StartupMessage or Redis command
+	ReasonHandshakeFailed          // the TLS handshake itself failed or timed out
+	ReasonIPNotAllowed             // source address not in the route's IP rules
+	ReasonCertMissing
+	ReasonCertUntrusted
+	ReasonCertUsage
+	ReasonCertExpired
+	ReasonCertNotYetValid
+	ReasonCertRevoked
+	ReasonRouteDisabled
+	ReasonTooManyConnections
+	ReasonUpstreamUnavailable
+	ReasonShutdown
+)
+
+var reasonNames = [...]string{
+	ReasonNone:                "",
+	ReasonProtocolViolation:   "protocol_violation",
+	ReasonTLSRequired:         "tls_required",
+	ReasonHandshakeFailed:     "handshake_failed",
+	ReasonIPNotAllowed:        "ip_not_allowed",
+	ReasonCertMissing:         "cert_missing",
+	ReasonCertUntrusted:       "cert_untrusted",
+	ReasonCertUsage:           "cert_usage",
+	ReasonCertExpired:         "cert_expired",
+	ReasonCertNotYetValid:     "cert_not_yet_valid",
+	ReasonCertRevoked:         "cert_revoked",
+	ReasonRouteDisabled:       "route_disabled",
+	ReasonTooManyConnections:  "too_many_connections",
+	ReasonUpstreamUnavailable: "upstream_unavailable",
+	ReasonShutdown:            "shutdown",
+}
+
+// String returns the snake_case name used as the metric label and log value.
+func (r Reason) String() string {
+	if int(r) < len(reasonNames) {
+		return reasonNames[r]
+	}
+	return "unknown"
+}
+
+// sqlstate returns the PostgreSQL error code a client sees for r.
+func (r Reason) sqlstate() string {
+	switch r {
+	case ReasonProtocolViolation:
+		return "08P01" // protocol_violation
+	case ReasonTooManyConnections:
+		return "53300" // too_many_connections
+	case ReasonUpstreamUnavailable:
+		return "08006" // connection_failure
+	case ReasonRouteDisabled:
+		return "57P03" // cannot_connect_now
+	case ReasonShutdown:
+		return "57P01" // admin_shutdown
+	default:
+		return "28000" // invalid_authorization_specification
+	}
+}
+
+// certReason maps a tlsconf verification verdict onto a Reason.
+func certReason(r tlsconf.Reason) Reason {
+	switch r {
+	case tlsconf.ReasonCertMissing:
+		return ReasonCertMissing
+	case tlsconf.ReasonCertUsage:
+		return ReasonCertUsage
+	case tlsconf.ReasonCertExpired:
+		return ReasonCertExpired
+	case tlsconf.ReasonCertNotYetValid:
+		return ReasonCertNotYetValid
+	case tlsconf.ReasonCertRevoked:
+		return ReasonCertRevoked
+	default:
+		return ReasonCertUntrusted
+	}
+}
+
+// Refusal is a connection refused for a Reason. Msg is written for the client:
+// it names the reason in the client's own terms and, where it helps, the fix.
+// Err, if set, carries internal detail for the log only.
+type Refusal struct {
+	Reason Reason
+	Msg    string
+	Hint   string // the fix, if there is one; psql shows it as HINT
+	Err    error
+
+	quiet bool // nothing can be told to the client (its TLS failed, say)
+}
+
+func (r *Refusal) Error() string { return r.Msg }
+
+func (r *Refusal) Unwrap() error { return r.Err }
+
+func refuse(reason Reason, msg string, err error) *Refusal {
+	return &Refusal{Reason: reason, Msg: msg, Err: err}
+}

@@ -1,0 +1,86 @@
+package proxy
+
+import (
+	"sort"
+	"sync"
+	"time"
+)
+
+// registry is the set of live connections: status lists them, and drain
+// (and, later, reload) finds the ones to cut. It is safe for concurrent use.
+type registry struct {
+	mu    sync.Mutex
+	conns map[*conn]ConnInfo
+}
+
+// ConnInfo describes one live connection in /v1/status.
+type ConnInfo struct {
+	ID           string    `json:"id"`
+	Route        string    `json:"route"`
+	Source       string    `json:"source"`
+	Phase        string    `json:"phase"`
+	Since        time.Time `json:"since"`
+	IPRule       string    `json:"ip_rule,omitempty"`
+	CertSubject  string    `json:"cert_subject,omitempty"`
+	CertSerial   string    `json:"cert_serial,omitempty"`
+	CertNotAfter time.Time `json:"cert_not_after,omitzero"`
+	User         string    `json:"user,omitempty"`
+	Database     string    `json:"database,omitempty"`
+}
+
+func (r *registry) init() { r.conns = map[*conn]ConnInfo{} }
+
+func (r *registry) add(c *conn) {
+	r.mu.Lock()
+	r.conns[c] = ConnInfo{ID: c.id, Route: c.route.Name, Source: c.src.String(), Phase: c.phase.String(), Since: c.start}
+	r.mu.Unlock()
+}
+
+// update records what the connection's checks found; called once, when the
+// connection starts splicing, by the connection's own goroutine.
+func (r *registry) update(c *conn) {
+	info := ConnInfo{
+		ID: c.id, Route: c.route.Name, Source: c.src.String(), Phase: c.phase.String(), Since: c.start,
+		IPRule: c.ruleID, CertSubject: c.identity.Subject, CertSerial: c.identity.Serial,
+		CertNotAfter: c.identity.NotAfter, User: c.pgUser, Database: c.pgDB,
+	}
+	r.mu.Lock()
+	r.conns[c] = info
+	r.mu.Unlock()
+}
+
+func (r *registry) remove(c *conn) {
+	r.mu.Lock()
+	delete(r.conns, c)
+	r.mu.Unlock()
+}
+
+func (r *registry) len() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.conns)
+}
+
+// list returns the live connections, oldest first.
+func (r *registry) list() []ConnInfo {
+	r.mu.Lock()
+	out := make([]ConnInfo, 0, len(r.conns))
+	for _, info := range r.conns {
+		out = append(out, info)
+	}
+	r.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Since.Before(out[j].Since) })
+	return out
+}
+
+// closeAll closes every live connection's client socket and returns how
+// many there were. That ends each serve goroutine: a splice direction that
+// fails closes the upstream too.
+func (r *registry) closeAll() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for c := range r.conns {
+		c.nc.Close()
+	}
+	return len(r.conns)
+}

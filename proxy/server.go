@@ -1,0 +1,253 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"go.uber.org/zap"
+)
+
+// Options configure a Server.
+type Options struct {
+	// Config is the loaded configuration; required.
+	Config *Config
+	// Logger receives the audit and operational log. If nil, nothing is logged.
+	Logger *zap.Logger
+	// Metrics receives the metrics. If nil, NewMetrics() is used.
+	Metrics *Metrics
+	// Now returns the current time for certificate checks. If nil, time.Now.
+	Now func() time.Time
+}
+
+// Server is a running gate: one listener per route, the admin endpoint, and
+// the live connections. Create it with NewServer and start it with Run; a
+// Server runs once.
+type Server struct {
+	log     *zap.Logger
+	metrics *Metrics
+	now     func() time.Time
+	snap    atomic.Pointer[Snapshot]
+	conns   registry
+	bufs    sync.Pool
+	active  atomic.Int64 // admitted connections, against max_connections
+	wg      sync.WaitGroup
+
+	mu        sync.Mutex
+	listeners map[string]net.Listener // by route name
+	admin     *http.Server
+	adminAddr net.Addr
+
+	ready    chan struct{} // closed once every listener is open
+	draining atomic.Bool
+}
+
+// NewServer loads every file the config names and returns a Server ready to
+// Run. It fails closed: any problem in the config or its files is an error.
+func NewServer(opts Options) (*Server, error) {
+	if opts.Config == nil {
+		return nil, errors.New("proxy: Options.Config is nil")
+	}
+	snap, err := Build(opts.Config, 1)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		log:       opts.Logger,
+		metrics:   opts.Metrics,
+		now:       opts.Now,
+		listeners: map[string]net.Listener{},
+		ready:     make(chan struct{}),
+	}
+	if s.log == nil {
+		s.log = zap.NewNop()
+	}
+	if s.metrics == nil {
+		s.metrics = NewMetrics()
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	s.bufs.New = func() any { b := make([]byte, spliceBufSize); return &b }
+	s.conns.init()
+	s.snap.Store(snap)
+	s.metrics.observeSnapshot(snap)
+	return s, nil
+}
+
+// Snapshot returns the configuration in force.
+func (s *Server) Snapshot() *Snapshot { return s.snap.Load() }
+
+// Ready is closed once every listener accepts connections.
+func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+// AdminAddr returns the admin endpoint's address once Ready, or nil.
+func (s *Server) AdminAddr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.adminAddr
+}
+
+// Run opens the listeners and serves until ctx is cancelled, then drains:
+// it stops accepting, lets live connections finish for up to the drain
+// timeout, closes those left, and returns nil. A listener that cannot be
+// opened is an error naming its route.
+func (s *Server) Run(ctx context.Context) error {
+	snap := s.Snapshot()
+	if err := s.openListeners(snap); err != nil {
+		s.closeListeners()
+		return err
+	}
+	if err := s.startAdmin(snap.Config.Admin.Listen); err != nil {
+		s.closeListeners()
+		return err
+	}
+	connCtx, cancelConns := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelConns()
+	var accepting sync.WaitGroup
+	s.mu.Lock()
+	for name, ln := range s.listeners {
+		accepting.Add(1)
+		go func() {
+			defer accepting.Done()
+			s.acceptLoop(connCtx, name, ln)
+		}()
+	}
+	s.mu.Unlock()
+	close(s.ready)
+	s.log.Info("spacegate serving", zap.Int("routes", len(snap.Routes)), zap.Uint64("generation", snap.Generation))
+
+	<-ctx.Done()
+	s.draining.Store(true)
+	s.closeListeners()
+	accepting.Wait()
+	drain := snap.Config.Limits.DrainTimeout
+	s.log.Info("draining", zap.Int("connections", s.conns.len()), zap.Duration("timeout", drain))
+	if !waitTimeout(&s.wg, drain) {
+		n := s.conns.closeAll()
+		s.log.Warn("drain timeout: closing connections", zap.Int("connections", n))
+		cancelConns()
+		s.wg.Wait()
+	}
+	s.stopAdmin()
+	s.log.Info("spacegate stopped")
+	return nil
+}
+
+func (s *Server) openListeners(snap *Snapshot) error {
+	var lc net.ListenConfig
+	for _, r := range snap.Routes {
+		ln, err := lc.Listen(context.Background(), "tcp", r.Listen)
+		if err != nil {
+			return fmt.Errorf("route %q: cannot listen on %s: %w", r.Name, r.Listen, err)
+		}
+		s.mu.Lock()
+		s.listeners[r.Name] = ln
+		s.mu.Unlock()
+		s.log.Info("listening", zap.String("route", r.Name), zap.String("protocol", r.Protocol), zap.String("listen", ln.Addr().String()))
+	}
+	return nil
+}
+
+func (s *Server) closeListeners() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, ln := range s.listeners {
+		ln.Close()
+	}
+}
+
+// acceptLoop accepts on one route's listener until it is closed. Temporary
+// errors (EMFILE, ENFILE, ...) back off and are logged once per streak
+// rather than spinning or ending the loop.
+func (s *Server) acceptLoop(ctx context.Context, route string, ln net.Listener) {
+	var backoff time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			if backoff == 0 {
+				backoff = 5 * time.Millisecond
+				s.log.Error("accept failed; backing off", zap.String("route", route), zap.Error(err))
+			} else {
+				backoff = min(2*backoff, time.Second)
+			}
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+				return
+			}
+			continue
+		}
+		backoff = 0
+		s.metrics.accepted.Inc()
+		s.wg.Add(1)
+		go s.serveConn(ctx, route, nc)
+	}
+}
+
+// serveConn serves one accepted connection; it owns and closes nc.
+func (s *Server) serveConn(ctx context.Context, route string, nc net.Conn) {
+	defer s.wg.Done()
+	snap := s.Snapshot()
+	r := snap.Route(route)
+	if r == nil {
+		nc.Close()
+		return
+	}
+	c := &conn{
+		srv:   s,
+		snap:  snap,
+		route: r,
+		id:    uuid.NewString(),
+		start: time.Now(),
+		src:   addrPort(nc.RemoteAddr()),
+		nc:    nc,
+	}
+	s.conns.add(c)
+	c.serve(ctx)
+}
+
+// addrPort returns a connection's address with IPv4-mapped IPv6 addresses
+// unmapped, so that 1.2.3.4 matches 1.2.3.0/24 whatever socket accepted it.
+func addrPort(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ap := ta.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+func (s *Server) acquireSlot(max int) bool {
+	if s.active.Add(1) > int64(max) {
+		s.active.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (s *Server) releaseSlot() { s.active.Add(-1) }
+
+// waitTimeout waits for wg up to d and reports whether it finished.
+func waitTimeout(wg *sync.WaitGroup, d time.Duration) bool {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-done:
+		return true
+	case <-t.C:
+		return false
+	}
+}
