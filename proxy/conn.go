@@ -212,15 +212,17 @@ func (c *conn) finish(err error) {
 	if err != nil && !errors.As(err, &ref) && !errors.Is(err, errCancelHandled) {
 		ref = c.classify(err)
 	}
-	if ref != nil && !ref.quiet {
-		c.tellClient(ref)
-	}
 	if c.upstream != nil {
 		c.upstream.Close()
 	}
-	if ref != nil && !ref.quiet {
+	switch {
+	case ref != nil && !ref.quiet && c.route.Protocol == ProtocolRedis:
+		c.tellRedis(ref)
 		c.lingerClose()
-	} else if c.client != nil {
+	case ref != nil && !ref.quiet:
+		c.tellClient(ref)
+		c.lingerClose()
+	case c.client != nil:
 		c.client.Close()
 	}
 	c.nc.Close()
@@ -246,19 +248,15 @@ func (c *conn) classify(err error) *Refusal {
 	return &Refusal{Reason: ReasonProtocolViolation, Msg: "connection failed", Err: err, quiet: true}
 }
 
-// tellClient sends the refusal in the client's protocol, bounded in time.
+// tellClient sends a PostgreSQL client the refusal as a FATAL
+// ErrorResponse, bounded in time.
 func (c *conn) tellClient(r *Refusal) {
 	w := c.client
 	if w == nil {
 		w = c.nc
 	}
 	_ = c.nc.SetWriteDeadline(time.Now().Add(time.Second))
-	switch c.route.Protocol {
-	case ProtocolPostgres:
-		_, _ = w.Write(pgError(r))
-	case ProtocolRedis:
-		_, _ = w.Write(redisError(r))
-	}
+	_, _ = w.Write(pgError(r))
 }
 
 // lingerClose closes after a refusal so that the client reads it: a plain
@@ -304,7 +302,14 @@ func (c *conn) audit(ref *Refusal) {
 	}
 	switch {
 	case c.cancel:
-		fields = append(fields, zap.String("verdict", "cancel"))
+		transport := "plaintext"
+		if c.tlsConn != nil {
+			transport = "tls"
+		}
+		fields = append(fields, zap.String("verdict", "cancel"), zap.String("transport", transport))
+		if ref != nil {
+			fields = append(fields, zap.String("reason", ref.Reason.String()))
+		}
 		c.srv.log.Info("cancel request", fields...)
 	case ref != nil:
 		m.refused.WithLabelValues(c.route.Name, ref.Reason.String()).Inc()

@@ -1,9 +1,13 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
+	"errors"
 	"io"
+	"strconv"
 	"strings"
+	"time"
 )
 
 // startRedis starts TLS with a Redis client. Redis has no preamble: a TLS
@@ -16,6 +20,7 @@ func (c *conn) startRedis(ctx context.Context) error {
 		return err
 	}
 	if first[0] != tlsRecordHandshake {
+		c.client = &prefixConn{Conn: c.nc, prefix: first[:]}
 		return &Refusal{
 			Reason: ReasonTLSRequired,
 			Msg:    "route " + c.route.Name + " requires TLS with a client certificate",
@@ -34,4 +39,66 @@ func redisError(r *Refusal) []byte {
 	}
 	msg = strings.NewReplacer("\r", " ", "\n", " ").Replace(msg)
 	return []byte("-ERR spacegate: " + msg + "\r\n")
+}
+
+// Bounds on answering a refused Redis client.
+const (
+	redisRefuseMaxCommands = 16
+	redisRefuseMaxBytes    = 64 << 10
+	redisRefuseWait        = 2 * time.Second
+)
+
+// tellRedis answers every command a refused Redis client sends with the
+// refusal, until it closes or a bound is reached. Answering only once would
+// not do: clients such as go-redis pipeline set-up commands (CLIENT SETINFO)
+// whose errors they ignore, and would then see a bare EOF for the command
+// the user typed. The client's bytes are read, never forwarded.
+func (c *conn) tellRedis(r *Refusal) {
+	line := redisError(r)
+	deadline := time.Now().Add(redisRefuseWait)
+	_ = c.nc.SetDeadline(deadline)
+	br := bufio.NewReaderSize(io.LimitReader(c.client, redisRefuseMaxBytes), 4096)
+	for range redisRefuseMaxCommands {
+		if err := skipRESPCommand(br); err != nil {
+			return
+		}
+		if _, err := c.client.Write(line); err != nil {
+			return
+		}
+	}
+}
+
+var errRESP = errors.New("malformed RESP command")
+
+// skipRESPCommand reads one command: a RESP array of bulk strings, or an
+// inline command (one line), as redis-server accepts both.
+func skipRESPCommand(br *bufio.Reader) error {
+	head, err := br.ReadSlice('\n')
+	if err != nil {
+		return err
+	}
+	if len(head) == 0 || head[0] != '*' {
+		return nil // inline command: the line was all of it
+	}
+	n, err := strconv.Atoi(strings.TrimRight(string(head[1:]), "\r\n"))
+	if err != nil || n < 0 || n > 1024 {
+		return errRESP
+	}
+	for range n {
+		hdr, err := br.ReadSlice('\n')
+		if err != nil {
+			return err
+		}
+		if len(hdr) == 0 || hdr[0] != '$' {
+			return errRESP
+		}
+		size, err := strconv.Atoi(strings.TrimRight(string(hdr[1:]), "\r\n"))
+		if err != nil || size < 0 || size > redisRefuseMaxBytes {
+			return errRESP
+		}
+		if _, err := br.Discard(size + 2); err != nil {
+			return err
+		}
+	}
+	return nil
 }

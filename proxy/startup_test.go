@@ -25,7 +25,7 @@ func TestReadStartupPacket(t *testing.T) {
 	}{
 		{name: "SSLRequest, nothing more read", in: append(pkt(8, codeSSLRequest, ""), 0x16, 0x03), wantCode: codeSSLRequest, wantLen: 8, rest: 2},
 		{name: "first byte already read", in: pkt(8, codeGSSENCRequest, "")[1:], first: []byte{0}, wantCode: codeGSSENCRequest, wantLen: 8},
-		{name: "startup message", in: pkt(17, 196608, "user\x00bob\x00\x00"), wantCode: 196608, wantLen: 17},
+		{name: "startup message", in: pkt(18, 196608, "user\x00bob\x00\x00"), wantCode: 196608, wantLen: 18},
 		{name: "cancel 3.2 with a long key", in: pkt(12+32, codeCancelRequest, string(make([]byte, 36))), wantCode: codeCancelRequest, wantLen: 44},
 		{name: "length below 8", in: pkt(4, 0, ""), wantErr: "invalid length of startup packet: 4"},
 		{name: "length above 10000", in: pkt(10001, 196608, ""), wantErr: "invalid length of startup packet: 10001"},

@@ -1,0 +1,242 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/spacegate/spacegate/internal/testenv"
+)
+
+// The upstream servers are shared by every test of the package: starting a
+// PostgreSQL takes a second or two. Tests that break an upstream start their
+// own.
+var shared struct {
+	pg       *testenv.Postgres
+	pgErr    error
+	redis    *testenv.Redis
+	redisErr error
+}
+
+func TestMain(m *testing.M) {
+	// A missing binary shows up as the start error, which the tests that
+	// need the server report when they skip or fail.
+	shared.pg, shared.pgErr = testenv.StartPostgres(testenv.PostgresOptions{})
+	shared.redis, shared.redisErr = testenv.StartRedis()
+	code := m.Run()
+	if shared.pg != nil {
+		shared.pg.Close()
+	}
+	if shared.redis != nil {
+		shared.redis.Close()
+	}
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// sharedPostgres returns the package's PostgreSQL, or skips (or, under
+// SPACEGATE_REQUIRE_INTEGRATION=1, fails) the test if there is none.
+func sharedPostgres(t *testing.T) *testenv.Postgres {
+	t.Helper()
+	if shared.pg == nil {
+		if testenv.Strict() {
+			t.Fatalf("PostgreSQL: %v", shared.pgErr)
+		}
+		t.Skipf("PostgreSQL: %v", shared.pgErr)
+	}
+	return shared.pg
+}
+
+func sharedRedis(t *testing.T) *testenv.Redis {
+	t.Helper()
+	if shared.redis == nil {
+		if testenv.Strict() {
+			t.Fatalf("Redis: %v", shared.redisErr)
+		}
+		t.Skipf("Redis: %v", shared.redisErr)
+	}
+	return shared.redis
+}
+
+// envOptions change the gate's config from the defaults of newEnv.
+type envOptions struct {
+	pgUpstream       string   // default: the shared PostgreSQL
+	redisUpstream    string   // default: the shared Redis ("" with noRedis)
+	noRedis          bool     // no Redis route
+	noPostgres       bool     // no PostgreSQL route
+	rules            []string // default: 127.0.0.1/32 and ::1/128
+	handshakeTimeout string
+	drainTimeout     string
+	maxConnections   int
+	extraRoute       string // YAML appended under routes:
+}
+
+// env is a running gate in front of real upstreams, with its PKI.
+type env struct {
+	t        *testing.T
+	dir      string
+	pki      *testenv.PKI
+	client   *testenv.ClientCert // a good client certificate
+	srv      *Server
+	pgAddr   string // the gate's PostgreSQL listener
+	redisAdr string // the gate's Redis listener
+	admin    string // base URL of the admin endpoint
+	logs     *observer.ObservedLogs
+	stop     context.CancelFunc
+	done     chan error
+	cfgPath  string
+}
+
+func newEnv(t *testing.T, o envOptions) *env {
+	t.Helper()
+	e := &env{t: t, dir: t.TempDir(), pki: testenv.NewPKI(t)}
+	e.client = e.pki.Client(t, "good")
+	if !o.noPostgres && o.pgUpstream == "" {
+		o.pgUpstream = sharedPostgres(t).Addr
+	}
+	if !o.noRedis && o.redisUpstream == "" {
+		o.redisUpstream = sharedRedis(t).Addr
+	}
+	if o.rules == nil {
+		o.rules = []string{"127.0.0.1/32", "::1/128"}
+	}
+	if o.handshakeTimeout == "" {
+		o.handshakeTimeout = "5s"
+	}
+	if o.drainTimeout == "" {
+		o.drainTimeout = "5s"
+	}
+	if o.maxConnections == 0 {
+		o.maxConnections = 100
+	}
+	e.writeRules("rules.yaml", o.rules...)
+	var routes strings.Builder
+	if !o.noPostgres {
+		e.pgAddr = testenv.FreeAddr(t)
+		fmt.Fprintf(&routes, "  - name: db\n    protocol: postgres\n    listen: %s\n    upstream: %s\n    ip_rules_file: rules.yaml\n", e.pgAddr, o.pgUpstream)
+	}
+	if !o.noRedis {
+		e.redisAdr = testenv.FreeAddr(t)
+		fmt.Fprintf(&routes, "  - name: cache\n    protocol: redis\n    listen: %s\n    upstream: %s\n    ip_rules_file: rules.yaml\n", e.redisAdr, o.redisUpstream)
+	}
+	routes.WriteString(o.extraRoute)
+	cfg := fmt.Sprintf(`admin:
+  listen: %s
+tls:
+  cert_file: %s
+  key_file: %s
+  client_ca_file: %s
+  crl_file: %s
+limits:
+  max_connections: %d
+  handshake_timeout: %s
+  upstream_connect_timeout: 2s
+  drain_timeout: %s
+routes:
+%s`, testenv.FreeAddr(t), e.pki.ServerCertFile, e.pki.ServerKeyFile, e.pki.CAFile, e.pki.CRLFile,
+		o.maxConnections, o.handshakeTimeout, o.drainTimeout, routes.String())
+	e.cfgPath = filepath.Join(e.dir, "spacegate.yaml")
+	if err := os.WriteFile(e.cfgPath, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.start()
+	return e
+}
+
+func (e *env) writeRules(name string, cidrs ...string) {
+	e.t.Helper()
+	var b strings.Builder
+	b.WriteString("rules:\n")
+	for i, c := range cidrs {
+		fmt.Fprintf(&b, "  - id: 00000000-0000-4000-8000-%012d\n    cidr: %s\n    description: test rule %d\n", i+1, c, i+1)
+	}
+	if len(cidrs) == 0 {
+		b.Reset()
+		b.WriteString("rules: []\n")
+	}
+	if err := os.WriteFile(filepath.Join(e.dir, name), []byte(b.String()), 0o644); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// start loads the config file and runs the gate until the test ends.
+func (e *env) start() {
+	t := e.t
+	t.Helper()
+	cfg, err := LoadConfig(e.cfgPath)
+	if err != nil {
+		t.Fatalf("LoadConfig: %v", err)
+	}
+	core, logs := observer.New(zap.DebugLevel)
+	e.logs = logs
+	srv, err := NewServer(Options{Config: cfg, Logger: zap.New(core)})
+	if err != nil {
+		t.Fatalf("NewServer: %v", err)
+	}
+	e.srv = srv
+	ctx, cancel := context.WithCancel(context.Background())
+	e.stop = cancel
+	e.done = make(chan error, 1)
+	go func() { e.done <- srv.Run(ctx) }()
+	select {
+	case <-srv.Ready():
+	case err := <-e.done:
+		t.Fatalf("Run ended before ready: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("gate not ready after 10s")
+	}
+	e.admin = "http://" + srv.AdminAddr().String()
+	t.Cleanup(func() { e.shutdown(10 * time.Second) })
+}
+
+// shutdown stops the gate and waits up to d for Run to return.
+func (e *env) shutdown(d time.Duration) error {
+	e.stop()
+	select {
+	case err, ok := <-e.done:
+		if ok {
+			close(e.done)
+		}
+		return err
+	case <-time.After(d):
+		e.t.Errorf("gate did not stop within %s", d)
+		return nil
+	}
+}
+
+// waitFor polls cond every 20ms until it holds or d passes.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// refusals returns the audit lines of refused connections with the given reason.
+func (e *env) refusals(reason string) []observer.LoggedEntry {
+	return e.logs.FilterMessage("connection refused").FilterField(zap.String("reason", reason)).All()
+}
+
+// dialFrom dials addr from a chosen loopback source address.
+func dialFrom(src string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
+	return d.DialContext
+}

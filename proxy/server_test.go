@@ -1,0 +1,148 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+func (e *env) get(t *testing.T, path string) string {
+	t.Helper()
+	// No keep-alive: an idle pooled connection would outlive the test and
+	// trip goleak.
+	c := http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := c.Get(e.admin + path)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s: %s", path, resp.Status, b)
+	}
+	return string(b)
+}
+
+func TestAdminEndpoints(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	if got := e.get(t, "/healthz"); got != "ok\n" {
+		t.Errorf("/healthz = %q", got)
+	}
+	if got := e.get(t, "/readyz"); got != "ready\n" {
+		t.Errorf("/readyz = %q", got)
+	}
+	c, err := pgConnect(t, e.pgConnString(e.client))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(context.Background())
+
+	var st Status
+	if err := json.Unmarshal([]byte(e.get(t, "/v1/status")), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Generation != 1 || !st.Ready || len(st.Routes) != 2 {
+		t.Fatalf("status = %+v", st)
+	}
+	db := st.Routes[0]
+	if db.Name != "db" || db.Rules != 2 || len(db.RuleIDs) != 2 || db.Active != 1 || !db.Enabled {
+		t.Errorf("route db = %+v", db)
+	}
+	if len(st.Connections) != 1 || st.Connections[0].CertSerial != e.client.Serial || st.Connections[0].User != "postgres" {
+		t.Errorf("connections = %+v", st.Connections)
+	}
+	m := e.get(t, "/metrics")
+	for _, want := range []string{
+		`spacegate_connections_active{route="db"} 1`,
+		`spacegate_connections_established_total{route="db"} 1`,
+		`spacegate_ip_rules{route="cache"} 2`,
+		`spacegate_config_generation 1`,
+		`spacegate_cert_expiry_timestamp_seconds{kind="server"`,
+	} {
+		if !strings.Contains(m, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+}
+
+func TestMaxConnections(t *testing.T) {
+	e := newEnv(t, envOptions{noRedis: true, maxConnections: 1})
+	c, err := pgConnect(t, e.pgConnString(e.client))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(context.Background())
+	_, err = pgConnect(t, e.pgConnString(e.client))
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "53300" {
+		t.Fatalf("second connection: %v, want FATAL 53300", err)
+	}
+}
+
+// TestDrain: on shutdown the gate stops accepting at once, lets a live
+// session finish, and returns when it has.
+func TestDrain(t *testing.T) {
+	e := newEnv(t, envOptions{noRedis: true, drainTimeout: "20s"})
+	c, err := pgConnect(t, e.pgConnString(e.client))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.stop()
+	waitFor(t, 5*time.Second, "the listener to close", func() bool {
+		nc, err := net.DialTimeout("tcp", e.pgAddr, time.Second)
+		if err == nil {
+			nc.Close()
+		}
+		return err != nil
+	})
+	if got := mustQueryInt(t, c, "select 1"); got != 1 {
+		t.Fatal("live session broken by drain")
+	}
+	select {
+	case <-e.done:
+		t.Fatal("Run returned while a session was live")
+	case <-time.After(200 * time.Millisecond):
+	}
+	c.Close(context.Background())
+	select {
+	case err := <-e.done:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+		close(e.done)
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return after the last session ended")
+	}
+}
+
+func TestDrainTimeoutClosesSessions(t *testing.T) {
+	e := newEnv(t, envOptions{noRedis: true, drainTimeout: "300ms"})
+	c, err := pgConnect(t, e.pgConnString(e.client))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(context.Background())
+	start := time.Now()
+	if err := e.shutdown(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("shutdown took %s with a 300ms drain timeout", d)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.Ping(ctx); err == nil {
+		t.Fatal("session still alive after the drain timeout")
+	}
+}

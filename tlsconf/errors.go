@@ -1,0 +1,48 @@
+package tlsconf
+
+import "errors"
+
+// Errors returned, wrapped with context, by this package. Test for them with
+// [errors.Is].
+var (
+	// ErrIncompletePEM means a file holds a PEM BEGIN line that does not
+	// start a well-formed block, which is what a file caught mid-write looks
+	// like.
+	ErrIncompletePEM = errors.New("incomplete or corrupt PEM block")
+
+	// ErrNoCertificates means a file holds no PEM CERTIFICATE block.
+	ErrNoCertificates = errors.New("no PEM certificates")
+
+	// ErrNoPrivateKey means a key file holds no PEM private key block.
+	ErrNoPrivateKey = errors.New("no PEM private key")
+
+	// ErrEncryptedKey means a key file holds a passphrase-protected key,
+	// which spacegate cannot use.
+	ErrEncryptedKey = errors.New("private key is encrypted; spacegate needs an unencrypted key")
+
+	// ErrKeyMismatch means a private key is not the key of the certificate
+	// it was given with.
+	ErrKeyMismatch = errors.New("private key does not match the certificate's public key")
+
+	// ErrNotCA means a certificate used as a CA is marked as not a CA
+	// (basic constraints CA:FALSE).
+	ErrNotCA = errors.New("certificate is not a CA certificate")
+
+	// ErrCRLNotSigned means a CRL is signed by none of the CAs it is used
+	// with.
+	ErrCRLNotSigned = errors.New("CRL is not signed by any CA in the client CA bundle")
+
+	// ErrTLSVersion means a TLS version is not one spacegate accepts.
+	ErrTLSVersion = errors.New("unsupported TLS version")
+
+	// ErrCACertificate is the Err of a [VerifyError] whose client
+	// certificate is itself a CA certificate.
+	ErrCACertificate = errors.New("client certificate is a CA certificate")
+
+	// ErrRevoked is the Err of a [VerifyError] whose client certificate's
+	// serial number is listed in the CRL.
+	ErrRevoked = errors.New("certificate serial number is listed in the CRL")
+
+	// errNoFile is returned for a required file name that was left empty.
+	errNoFile = errors.New("no file name given")
+)

@@ -1,0 +1,218 @@
+package tlsconf
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"slices"
+	"time"
+)
+
+// Files names the PEM files of one TLS setup. CRLFile is optional: "" means
+// no revocation list. Files is comparable, so it can key a map of loaded
+// [Material].
+type Files struct {
+	CertFile     string // server certificate, leaf first, then any intermediates
+	KeyFile      string // the server certificate's private key, unencrypted
+	ClientCAFile string // every CA whose client certificates are trusted
+	CRLFile      string // CRL in PEM ("X509 CRL") or DER, signed by a CA of ClientCAFile
+}
+
+// Material is loaded, validated TLS state. It is immutable once returned by
+// [Load] and safe for concurrent use; callers must not modify its fields.
+type Material struct {
+	// Certificate is the server certificate chain and key, with Leaf set.
+	Certificate tls.Certificate
+
+	// CAs holds every CA certificate of the client CA bundle, in file
+	// order. During a CA rotation it holds two.
+	CAs []*x509.Certificate
+
+	// ClientCAs is a pool of CAs.
+	ClientCAs *x509.CertPool
+
+	// CRL is the revocation list, or nil when no CRL file was given.
+	CRL *x509.RevocationList
+
+	// revoked maps FormatSerial of each CRL entry to its revocation time,
+	// so Verify looks a serial up without walking the list. It is keyed by
+	// serial alone, not issuer and serial: the CRL's own issuer is one of
+	// our CAs, serials are random 128-bit numbers, and a false match refuses
+	// a certificate where a missed one would admit it.
+	revoked map[string]time.Time
+
+	// cache holds chains Verify accepted. It changes no result, so
+	// Material is still immutable as far as its users can tell. Nil (in a
+	// Material not made by Load) caches nothing.
+	cache *verifyCache
+}
+
+// Load reads and validates the files named by f. It reads every file even
+// after a failure and returns all problems found, joined with [errors.Join],
+// each naming its file. It checks that the key matches the certificate, that
+// the client CA file holds at least one certificate and only CA
+// certificates, and that the CRL is signed by one of those CAs. It does not
+// reject expired certificates or a CRL past its NextUpdate: refusing to start
+// would turn a renewal that is merely late into an outage.
+func Load(f Files) (*Material, error) {
+	var errs []error
+	cert, err := loadKeyPair(f.CertFile, f.KeyFile)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	cas, pool, err := loadCAs(f.ClientCAFile)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	var crl *x509.RevocationList
+	if f.CRLFile != "" {
+		if crl, err = loadCRL(f.CRLFile, f.ClientCAFile, cas); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	m := &Material{Certificate: cert, CAs: cas, ClientCAs: pool, CRL: crl, cache: newVerifyCache()}
+	if crl != nil && len(crl.RevokedCertificateEntries) > 0 {
+		m.revoked = make(map[string]time.Time, len(crl.RevokedCertificateEntries))
+		for _, e := range crl.RevokedCertificateEntries {
+			m.revoked[FormatSerial(e.SerialNumber)] = e.RevocationTime
+		}
+	}
+	return m, nil
+}
+
+// readPEM reads the file at path and decodes its PEM blocks. what names the
+// file's role in errors ("certificate file").
+func readPEM(what, path string) ([]byte, error) {
+	if path == "" {
+		return nil, fmt.Errorf("%s: %w", what, errNoFile)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		// The path is already in our message; keep only the cause.
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return nil, fmt.Errorf("reading %s %q: %w", what, path, err)
+	}
+	return data, nil
+}
+
+// loadKeyPair loads the server certificate chain and its key.
+func loadKeyPair(certFile, keyFile string) (tls.Certificate, error) {
+	var errs []error
+	var certs []*x509.Certificate
+	if data, err := readPEM("certificate file", certFile); err != nil {
+		errs = append(errs, err)
+	} else if blocks, err := decodePEM(data); err != nil {
+		errs = append(errs, fmt.Errorf("certificate file %q: %w", certFile, err))
+	} else if certs, err = parseCertificates(blocks); err != nil {
+		errs = append(errs, fmt.Errorf("certificate file %q: %w", certFile, err))
+	} else if leaf := certs[0]; len(leaf.ExtKeyUsage) > 0 &&
+		!slices.Contains(leaf.ExtKeyUsage, x509.ExtKeyUsageServerAuth) &&
+		!slices.Contains(leaf.ExtKeyUsage, x509.ExtKeyUsageAny) {
+		// A client certificate given as the server's: clients would refuse
+		// it with an obscure error, so say it here.
+		errs = append(errs, fmt.Errorf("certificate file %q: certificate %q is not valid for server authentication (extended key usage serverAuth missing)",
+			certFile, leaf.Subject))
+		certs = nil
+	}
+
+	var key crypto.Signer
+	if data, err := readPEM("key file", keyFile); err != nil {
+		errs = append(errs, err)
+	} else if blocks, err := decodePEM(data); err != nil {
+		errs = append(errs, fmt.Errorf("key file %q: %w", keyFile, err))
+	} else if key, err = parsePrivateKey(blocks); err != nil {
+		errs = append(errs, fmt.Errorf("key file %q: %w", keyFile, err))
+	}
+	if len(errs) > 0 {
+		return tls.Certificate{}, errors.Join(errs...)
+	}
+	if !keyMatches(certs[0], key) {
+		return tls.Certificate{}, fmt.Errorf("key file %q does not match certificate file %q: %w", keyFile, certFile, ErrKeyMismatch)
+	}
+	chain := make([][]byte, len(certs))
+	for i, c := range certs {
+		chain[i] = c.Raw
+	}
+	return tls.Certificate{Certificate: chain, PrivateKey: key, Leaf: certs[0]}, nil
+}
+
+// loadCAs loads the client CA bundle.
+func loadCAs(path string) ([]*x509.Certificate, *x509.CertPool, error) {
+	data, err := readPEM("client CA file", path)
+	if err != nil {
+		return nil, nil, err
+	}
+	blocks, err := decodePEM(data)
+	if err != nil {
+		return nil, nil, fmt.Errorf("client CA file %q: %w", path, err)
+	}
+	cas, err := parseCertificates(blocks)
+	if errors.Is(err, ErrNoCertificates) {
+		return nil, nil, fmt.Errorf("%w in client CA file %q", err, path)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("client CA file %q: %w", path, err)
+	}
+	pool := x509.NewCertPool()
+	for i, ca := range cas {
+		// A leaf pasted into the bundle (often the server certificate)
+		// would become a trust anchor; old v1 CAs without basic
+		// constraints are let through.
+		if ca.BasicConstraintsValid && !ca.IsCA {
+			return nil, nil, fmt.Errorf("client CA file %q: certificate %d (%s): %w", path, i+1, ca.Subject, ErrNotCA)
+		}
+		pool.AddCert(ca)
+	}
+	return cas, pool, nil
+}
+
+// loadCRL loads a CRL and checks that one of cas signed it. With no cas (the
+// bundle failed to load, which is reported on its own) the signature is not
+// checked.
+func loadCRL(path, caFile string, cas []*x509.Certificate) (*x509.RevocationList, error) {
+	data, err := readPEM("CRL file", path)
+	if err != nil {
+		return nil, err
+	}
+	der := data
+	if bytes.Contains(data, []byte("-----BEGIN ")) {
+		blocks, err := decodePEM(data)
+		if err != nil {
+			return nil, fmt.Errorf("CRL file %q: %w", path, err)
+		}
+		der = nil
+		for _, b := range blocks {
+			if b.Type == pemCRL {
+				der = b.Bytes
+				break
+			}
+		}
+		if der == nil {
+			return nil, fmt.Errorf("CRL file %q: no %q PEM block (found %q)", path, pemCRL, blocks[0].Type)
+		}
+	}
+	crl, err := x509.ParseRevocationList(der)
+	if err != nil {
+		return nil, fmt.Errorf("CRL file %q: want a PEM %q block or DER: %w", path, pemCRL, err)
+	}
+	if len(cas) == 0 {
+		return crl, nil
+	}
+	for _, ca := range cas {
+		if crl.CheckSignatureFrom(ca) == nil {
+			return crl, nil
+		}
+	}
+	return nil, fmt.Errorf("CRL file %q (issuer %s) does not match client CA file %q: %w", path, crl.Issuer, caFile, ErrCRLNotSigned)
+}
