@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -63,7 +64,12 @@ type conn struct {
 	nc       net.Conn // the accepted TCP connection
 	client   net.Conn // what the client speaks through: nc, or the TLS conn over it
 	tlsConn  *tls.Conn
-	upstream net.Conn
+	upstream net.Conn // set by setUpstream only
+
+	// mu guards aborted and the upstream as seen by abort, which other
+	// goroutines (drain, and later reload) call.
+	mu      sync.Mutex
+	aborted bool
 
 	phase     Phase
 	identity  tlsconf.Identity
@@ -198,11 +204,36 @@ func (c *conn) dialUpstream(ctx context.Context) error {
 	d := net.Dialer{Timeout: c.snap.Config.Limits.UpstreamConnectTimeout}
 	up, err := d.DialContext(ctx, "tcp", c.route.Upstream)
 	if err != nil {
-		return &Refusal{Reason: ReasonUpstreamUnavailable, Msg: c.upstreamDownMsg(), Hint: "the gate is up; the operator has been logged the cause", Err: err}
+		return &Refusal{Reason: ReasonUpstreamUnavailable, Msg: c.upstreamDownMsg(), Hint: "the gate itself is up; its log tells the operator why", Err: err}
 	}
 	c.srv.metrics.upstreamConnect.WithLabelValues(c.route.Name).Observe(time.Since(start).Seconds())
+	return c.setUpstream(up)
+}
+
+// setUpstream records the upstream connection, unless the connection has
+// been aborted meanwhile, in which case it closes up.
+func (c *conn) setUpstream(up net.Conn) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.aborted {
+		up.Close()
+		return net.ErrClosed
+	}
 	c.upstream = up
 	return nil
+}
+
+// abort closes both sockets from another goroutine, which ends every
+// read and write of the connection whatever state its splice is in (a
+// half-closed session waits on the upstream alone).
+func (c *conn) abort() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.aborted = true
+	c.nc.Close()
+	if c.upstream != nil {
+		c.upstream.Close()
+	}
 }
 
 // finish tells the client about a refusal, closes everything, and writes the

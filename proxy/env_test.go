@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
@@ -239,4 +240,8 @@ func (e *env) refusals(reason string) []observer.LoggedEntry {
 func dialFrom(src string) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
 	return d.DialContext
+}
+
+func withDialFrom(src string) func(*pgx.ConnConfig) {
+	return func(c *pgx.ConnConfig) { c.DialFunc = dialFrom(src) }
 }

@@ -185,7 +185,7 @@ func TestPostgresRefusals(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var tweaks []func(*pgx.ConnConfig)
 			if tc.from != "" {
-				tweaks = append(tweaks, func(c *pgx.ConnConfig) { c.DialFunc = dialFrom(tc.from) })
+				tweaks = append(tweaks, withDialFrom(tc.from))
 			}
 			before := len(e.refusals(tc.reason))
 			c, err := pgConnect(t, e.pgConnString(tc.cert, tc.extra...), tweaks...)

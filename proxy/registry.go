@@ -73,14 +73,12 @@ func (r *registry) list() []ConnInfo {
 	return out
 }
 
-// closeAll closes every live connection's client socket and returns how
-// many there were. That ends each serve goroutine: a splice direction that
-// fails closes the upstream too.
+// closeAll aborts every live connection and returns how many there were.
 func (r *registry) closeAll() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for c := range r.conns {
-		c.nc.Close()
+		c.abort()
 	}
 	return len(r.conns)
 }

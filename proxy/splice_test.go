@@ -1,0 +1,173 @@
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/spacegate/spacegate/internal/testenv"
+)
+
+// tcpPeer is a real TCP server for what PostgreSQL and Redis cannot show:
+// it counts the connections it accepts and runs serve on each.
+type tcpPeer struct {
+	ln       net.Listener
+	accepted atomic.Int64
+	done     chan struct{}
+}
+
+func startPeer(t *testing.T, serve func(net.Conn)) *tcpPeer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &tcpPeer{ln: ln, done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			p.accepted.Add(1)
+			serve(nc)
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); <-p.done })
+	return p
+}
+
+// TestNothingReachesUpstreamOnRefusal: a refused connection never opens a
+// connection to its upstream, whatever the reason.
+func TestNothingReachesUpstreamOnRefusal(t *testing.T) {
+	peer := startPeer(t, func(nc net.Conn) { nc.Close() })
+	e := newEnv(t, envOptions{pgUpstream: peer.ln.Addr().String(), redisUpstream: peer.ln.Addr().String()})
+	expired := e.pki.Client(t, "expired", testenv.Expired())
+	foreign := e.pki.ForeignClient(t, "foreign")
+
+	for _, cs := range []string{
+		e.pgConnString(nil),
+		e.pgConnString(expired),
+		e.pgConnString(foreign),
+		e.pgConnString(e.client, "sslmode=disable"),
+	} {
+		if c, err := pgConnect(t, cs); err == nil {
+			c.Close(context.Background())
+			t.Fatalf("%s: accepted", cs)
+		}
+	}
+	if _, err := pgConnect(t, e.pgConnString(e.client), withDialFrom("127.0.0.2")); err == nil {
+		t.Fatal("accepted from 127.0.0.2")
+	}
+	rc := e.redisClient(expired, nil)
+	defer rc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := rc.Ping(ctx).Err(); err == nil {
+		t.Fatal("redis accepted an expired certificate")
+	}
+	if n := peer.accepted.Load(); n != 0 {
+		t.Fatalf("upstream saw %d connections from refused clients", n)
+	}
+	// The control: a good client does reach it (and fails there, as the
+	// peer is no database), so the counter can move.
+	_, err := pgConnect(t, e.pgConnString(e.client))
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		t.Fatalf("good client refused by the gate: %v", pgErr)
+	}
+	waitFor(t, 5*time.Second, "the good client's upstream connection", func() bool { return peer.accepted.Load() == 1 })
+}
+
+// TestSpliceHalfClose: each direction's end of stream reaches the other
+// side while the opposite direction goes on, and every byte arrives.
+func TestSpliceHalfClose(t *testing.T) {
+	// The upstream reads the whole request until the client's EOF, then
+	// answers with the request reversed, then closes.
+	peer := startPeer(t, func(nc net.Conn) {
+		go func() {
+			defer nc.Close()
+			req, err := io.ReadAll(nc)
+			if err != nil {
+				return
+			}
+			rev := make([]byte, len(req))
+			for i, b := range req {
+				rev[len(req)-1-i] = b
+			}
+			nc.Write(rev)
+		}()
+	})
+	e := newEnv(t, envOptions{noPostgres: true, redisUpstream: peer.ln.Addr().String()})
+	for _, size := range []int{0, 1, 16 << 10, 5 << 20} {
+		req := make([]byte, size)
+		rand.Read(req)
+		tc, err := tls.Dial("tcp", e.redisAdr, &tls.Config{RootCAs: e.pki.ServerPool(), ServerName: "localhost", Certificates: []tls.Certificate{e.client.TLS}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc.SetDeadline(time.Now().Add(30 * time.Second))
+		if _, err := tc.Write(req); err != nil {
+			t.Fatal(err)
+		}
+		// Half-close: the upstream must see EOF and still be able to answer.
+		if err := tc.CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(tc)
+		tc.Close()
+		if err != nil {
+			t.Fatalf("size %d: reading the answer: %v", size, err)
+		}
+		if len(got) != size {
+			t.Fatalf("size %d: got %d bytes back", size, len(got))
+		}
+		for i := range got {
+			if got[i] != req[size-1-i] {
+				t.Fatalf("size %d: byte %d differs", size, i)
+			}
+		}
+	}
+}
+
+// TestDrainTimeoutEndsHalfClosedSession: a session whose client has
+// finished sending and whose upstream stays silent still ends at the drain
+// timeout; closing the client side alone would leave it waiting upstream.
+func TestDrainTimeoutEndsHalfClosedSession(t *testing.T) {
+	release := make(chan struct{})
+	peer := startPeer(t, func(nc net.Conn) {
+		go func() {
+			defer nc.Close()
+			io.Copy(io.Discard, nc)
+			<-release // silent after the client's EOF
+		}()
+	})
+	defer close(release)
+	e := newEnv(t, envOptions{noPostgres: true, redisUpstream: peer.ln.Addr().String(), drainTimeout: "300ms"})
+	tc, err := tls.Dial("tcp", e.redisAdr, &tls.Config{RootCAs: e.pki.ServerPool(), ServerName: "localhost", Certificates: []tls.Certificate{e.client.TLS}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	tc.Write([]byte("hello"))
+	tc.CloseWrite()
+	waitFor(t, 5*time.Second, "the session to splice", func() bool { return e.srv.Status().Routes[0].Active == 1 })
+	start := time.Now()
+	e.shutdown(10 * time.Second)
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("shutdown took %s with a 300ms drain timeout", d)
+	}
+	tc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := tc.Read(make([]byte, 1)); err == nil {
+		t.Fatal("session still open after drain")
+	}
+}
