@@ -257,12 +257,12 @@ func (c *conn) finish(err error) {
 		c.client.Close()
 	}
 	c.nc.Close()
-	c.phase = PhaseClosed
 	c.srv.conns.remove(c)
 	if c.admitted {
 		c.srv.releaseSlot()
 	}
-	c.audit(ref)
+	c.audit(ref) // before PhaseClosed: a refusal's line names the phase it failed in
+	c.phase = PhaseClosed
 }
 
 // classify turns an unexpected error before the splice into a Refusal.

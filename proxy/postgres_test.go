@@ -206,6 +206,10 @@ func TestPostgresRefusals(t *testing.T) {
 				}
 			}
 			waitFor(t, 5*time.Second, "audit line with reason "+tc.reason, func() bool { return len(e.refusals(tc.reason)) > before })
+			line := e.refusals(tc.reason)[before].ContextMap()
+			if want := map[bool]string{true: "negotiate", false: "check"}[tc.reason == "tls_required"]; line["phase"] != want {
+				t.Errorf("audit phase = %v, want %s", line["phase"], want)
+			}
 		})
 	}
 	metrics := e.get(t, "/metrics")
