@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/spacegate/spacegate/tlsconf"
 )
 
 // Config is the content of a spacegate config file (see README.md for every
@@ -59,7 +61,15 @@ type TLSConfig struct {
 // PKIConfig is where `spacegate ca` and `spacegate certs` keep the space CA.
 type PKIConfig struct {
 	Dir string `yaml:"dir"`
+	// TrustDomain is the host part of the SPIFFE-style URI SANs
+	// (spiffe://TRUST_DOMAIN/route/ROUTE/client/ID) of issued client
+	// certificates. Empty means DefaultTrustDomain.
+	TrustDomain string `yaml:"trust_domain"`
 }
+
+// DefaultTrustDomain is the trust domain of issued client certificates
+// when pki.trust_domain is not set.
+const DefaultTrustDomain = "spacegate"
 
 // ProxyProtocolConfig lists the peers allowed to send a PROXY protocol header.
 type ProxyProtocolConfig struct {
@@ -76,17 +86,46 @@ type LimitsConfig struct {
 
 // RouteConfig is one private backend exposed by the gate.
 type RouteConfig struct {
-	Name        string     `yaml:"name"`
-	Protocol    string     `yaml:"protocol"` // postgres | redis
-	Listen      string     `yaml:"listen"`
-	ServerNames []string   `yaml:"server_names"`
-	Upstream    string     `yaml:"upstream"`
-	UpstreamTLS string     `yaml:"upstream_tls"` // disable (default)
-	IPRulesFile string     `yaml:"ip_rules_file"`
-	MaxIPRules  int        `yaml:"max_ip_rules"` // default 60
-	Enabled     *bool      `yaml:"enabled"`      // nil means true
-	TLS         *TLSConfig `yaml:"tls"`          // per-route overrides of the top-level tls keys
+	Name     string `yaml:"name"`
+	Protocol string `yaml:"protocol"` // postgres | redis
+	Listen   string `yaml:"listen"`
+	// ServerNames are the TLS SNI names of the route ("db.example.com", or
+	// "*.db.example.com" for one label). Routes that share a listen address
+	// are told apart by them.
+	ServerNames []string `yaml:"server_names"`
+	// Default makes the route serve ClientHellos on its shared listen
+	// address that carry no server name or one no route claims.
+	Default  bool   `yaml:"default"`
+	Upstream string `yaml:"upstream"`
+	// UpstreamTLS is disable (default), require (encrypted, not verified,
+	// as libpq's sslmode=require) or verify-full (chain and host name).
+	UpstreamTLS        string `yaml:"upstream_tls"`
+	UpstreamCAFile     string `yaml:"upstream_ca_file"`     // roots for verify-full
+	UpstreamCertFile   string `yaml:"upstream_cert_file"`   // optional client certificate for the upstream
+	UpstreamKeyFile    string `yaml:"upstream_key_file"`    // its key
+	UpstreamServerName string `yaml:"upstream_server_name"` // name to verify; default: the upstream's host
+	IPRulesFile        string `yaml:"ip_rules_file"`
+	MaxIPRules         int    `yaml:"max_ip_rules"` // default 60
+	// AllowedClients are the client identities the route accepts: "*" (any
+	// certificate of the space CA), or "cn:GLOB", "dns:GLOB", "uri:GLOB"
+	// where * matches any run of characters. Nil means the certificates
+	// issued for this route: "uri:spiffe://*/route/NAME/*".
+	AllowedClients []string `yaml:"allowed_clients"`
+	// PostgresUserFromCert requires the StartupMessage user to equal the
+	// certificate's CN, or PostgresUserMap[CN] when the map has it, as
+	// PostgreSQL's clientcert=verify-full does.
+	PostgresUserFromCert bool              `yaml:"postgres_user_from_cert"`
+	PostgresUserMap      map[string]string `yaml:"postgres_user_map"`
+	Enabled              *bool             `yaml:"enabled"` // nil means true
+	TLS                  *TLSConfig        `yaml:"tls"`     // per-route overrides of the top-level tls keys
 }
+
+// Values of upstream_tls.
+const (
+	UpstreamTLSDisable    = "disable"
+	UpstreamTLSRequire    = "require"
+	UpstreamTLSVerifyFull = "verify-full"
+)
 
 // Protocols a route can speak.
 const (
@@ -331,9 +370,6 @@ func (c *Config) validate(v *validator) {
 			v.addf([]any{"proxy_protocol", "trusted_cidrs", i}, "proxy_protocol.trusted_cidrs: %q is not a CIDR block such as 10.0.0.0/8", s)
 		}
 	}
-	if len(c.ProxyProtocol.TrustedCIDRs) > 0 {
-		v.addf([]any{"proxy_protocol", "trusted_cidrs"}, "proxy_protocol.trusted_cidrs: PROXY protocol input is not supported by this version yet; remove the key")
-	}
 	l := &c.Limits
 	if l.MaxConnections < 0 {
 		v.addf([]any{"limits", "max_connections"}, "limits.max_connections must not be negative, got %d", l.MaxConnections)
@@ -358,12 +394,16 @@ func (c *Config) validate(v *validator) {
 		l.MaxConnections = DefaultMaxConnections
 	}
 	c.TLS.validate(v, []any{"tls"}, "tls")
+	if c.PKI.TrustDomain == "" {
+		c.PKI.TrustDomain = DefaultTrustDomain
+	} else if !validServerName(c.PKI.TrustDomain) || strings.Contains(c.PKI.TrustDomain, "*") {
+		v.addf([]any{"pki", "trust_domain"}, "pki.trust_domain %q is not a host name such as space.example", c.PKI.TrustDomain)
+	}
 
 	if len(c.Routes) == 0 {
 		v.addf([]any{"routes"}, "no routes: add at least one under routes:")
 	}
 	names := map[string]int{}
-	listens := map[string]int{}
 	for i := range c.Routes {
 		r := &c.Routes[i]
 		at := func(key string) []any { return []any{"routes", i, key} }
@@ -387,13 +427,25 @@ func (c *Config) validate(v *validator) {
 			v.addf([]any{"routes", i}, "route %q has no listen address", r.Name)
 		} else if err := checkHostPort(r.Listen); err != nil {
 			v.addf(at("listen"), "route %q: listen: %v", r.Name, err)
-		} else if j, dup := listens[r.Listen]; dup {
-			v.addf(at("listen"), "route %q: listen address %s is already used by route %q (sharing one address by SNI is not supported by this version yet)", r.Name, r.Listen, c.Routes[j].Name)
-		} else {
-			listens[r.Listen] = i
 		}
-		if len(r.ServerNames) > 0 {
-			v.addf(at("server_names"), "route %q: server_names (SNI routing) is not supported by this version yet; remove the key", r.Name)
+		for j, n := range r.ServerNames {
+			if !validServerName(n) {
+				v.addf([]any{"routes", i, "server_names", j}, "route %q: server name %q is not a host name (wildcards: *.example.com)", r.Name, n)
+			}
+		}
+		for j, p := range r.AllowedClients {
+			if err := tlsconf.CheckClientPattern(p); err != nil {
+				v.addf([]any{"routes", i, "allowed_clients", j}, "route %q: allowed_clients: %v", r.Name, err)
+			}
+		}
+		if r.AllowedClients != nil && len(r.AllowedClients) == 0 {
+			v.addf(at("allowed_clients"), "route %q: allowed_clients is empty, so nobody could connect; remove the key for the default (certificates issued for this route) or list patterns", r.Name)
+		}
+		if (r.PostgresUserFromCert || r.PostgresUserMap != nil) && r.Protocol != ProtocolPostgres {
+			v.addf(at("postgres_user_from_cert"), "route %q: postgres_user_from_cert applies to postgres routes only", r.Name)
+		}
+		if r.PostgresUserMap != nil && !r.PostgresUserFromCert {
+			v.addf(at("postgres_user_map"), "route %q: postgres_user_map needs postgres_user_from_cert: true", r.Name)
 		}
 		if r.Upstream == "" {
 			v.addf([]any{"routes", i}, "route %q has no upstream address", r.Name)
@@ -401,11 +453,20 @@ func (c *Config) validate(v *validator) {
 			v.addf(at("upstream"), "route %q: upstream: %v", r.Name, err)
 		}
 		switch r.UpstreamTLS {
-		case "", "disable":
-		case "require", "verify-full":
-			v.addf(at("upstream_tls"), "route %q: upstream_tls %q is not supported by this version yet; use disable", r.Name, r.UpstreamTLS)
+		case "", UpstreamTLSDisable:
+			if r.UpstreamCAFile != "" || r.UpstreamCertFile != "" {
+				v.addf(at("upstream_tls"), "route %q: upstream_ca_file and upstream_cert_file need upstream_tls: require or verify-full", r.Name)
+			}
+		case UpstreamTLSRequire:
+		case UpstreamTLSVerifyFull:
+			if r.UpstreamCAFile == "" {
+				v.addf(at("upstream_tls"), "route %q: upstream_tls verify-full needs upstream_ca_file, the CA that signed the upstream's certificate", r.Name)
+			}
 		default:
 			v.addf(at("upstream_tls"), "route %q: upstream_tls %q is not one of disable, require, verify-full", r.Name, r.UpstreamTLS)
+		}
+		if (r.UpstreamCertFile == "") != (r.UpstreamKeyFile == "") {
+			v.addf(at("upstream_tls"), "route %q: upstream_cert_file and upstream_key_file go together", r.Name)
 		}
 		if r.IPRulesFile == "" {
 			v.addf([]any{"routes", i}, "route %q has no ip_rules_file: every route needs one (an empty rules list allows nobody)", r.Name)
@@ -427,6 +488,84 @@ func (c *Config) validate(v *validator) {
 			}
 		}
 	}
+	c.validateListeners(v)
+}
+
+// validateListeners checks the routes that share a listen address: they
+// speak one protocol, and each but the default names its SNI server names,
+// none claimed twice.
+func (c *Config) validateListeners(v *validator) {
+	byAddr := map[string][]int{}
+	var order []string
+	for i, r := range c.Routes {
+		if r.Listen == "" {
+			continue
+		}
+		if _, ok := byAddr[r.Listen]; !ok {
+			order = append(order, r.Listen)
+		}
+		byAddr[r.Listen] = append(byAddr[r.Listen], i)
+	}
+	for _, addr := range order {
+		idx := byAddr[addr]
+		if len(idx) == 1 {
+			continue
+		}
+		first := c.Routes[idx[0]]
+		claimed := map[string]string{}
+		defaults := 0
+		for k, i := range idx {
+			r := c.Routes[i]
+			at := []any{"routes", i, "listen"}
+			other := first
+			if k == 0 {
+				other = c.Routes[idx[1]]
+			}
+			if r.Protocol != first.Protocol {
+				v.addf(at, "route %q: listen address %s is shared with route %q, which speaks %s; routes sharing an address speak one protocol", r.Name, addr, first.Name, first.Protocol)
+			}
+			if r.Default {
+				defaults++
+			}
+			if len(r.ServerNames) == 0 && !r.Default {
+				v.addf(at, "route %q shares listen address %s with route %q: set server_names (SNI) on each, or default: true on one", r.Name, addr, other.Name)
+			}
+			for _, n := range r.ServerNames {
+				n = strings.ToLower(n)
+				if other, dup := claimed[n]; dup {
+					v.addf([]any{"routes", i, "server_names"}, "route %q: server name %q is already served by route %q on %s", r.Name, n, other, addr)
+				}
+				claimed[n] = r.Name
+			}
+		}
+		if defaults > 1 {
+			v.addf([]any{"routes", idx[0], "listen"}, "listen address %s has %d routes with default: true; at most one may be the default", addr, defaults)
+		}
+	}
+	for i, r := range c.Routes {
+		if r.Default && len(byAddr[r.Listen]) == 1 {
+			v.addf([]any{"routes", i, "default"}, "route %q: default: true only matters on a listen address shared with other routes", r.Name)
+		}
+	}
+}
+
+// validServerName reports whether s is a DNS name, or *. followed by one.
+func validServerName(s string) bool {
+	s = strings.TrimPrefix(s, "*.")
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(s, ".") {
+		if label == "" || len(label) > 63 {
+			return false
+		}
+		for _, ch := range label {
+			if !(ch == '-' || ch == '_' || ch >= '0' && ch <= '9' || ch >= 'a' && ch <= 'z' || ch >= 'A' && ch <= 'Z') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 func (t *TLSConfig) validate(v *validator, path []any, name string) {
@@ -474,6 +613,9 @@ func (c *Config) resolvePaths() {
 	for i := range c.Routes {
 		r := &c.Routes[i]
 		abs(&r.IPRulesFile)
+		abs(&r.UpstreamCAFile)
+		abs(&r.UpstreamCertFile)
+		abs(&r.UpstreamKeyFile)
 		if r.TLS != nil {
 			absTLS(r.TLS)
 		}

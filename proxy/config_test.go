@@ -52,7 +52,7 @@ func TestParseConfigProblems(t *testing.T) {
     listen: 127.0.0.1:6432
     upstream: 127.0.0.1:6379
     ip_rules_file: rules/db.yaml
-`, []string{`c.yaml:11: route name "db" is used twice (also on line 6)`, "c.yaml:13: route \"db\": listen address 127.0.0.1:6432 is already used by route \"db\""}},
+`, []string{`c.yaml:11: route name "db" is used twice (also on line 6)`, "c.yaml:13: route \"db\": listen address 127.0.0.1:6432 is shared with route \"db\", which speaks postgres", "c.yaml:13: route \"db\" shares listen address 127.0.0.1:6432 with route \"db\": set server_names"}},
 		{"bad protocol and addresses", `tls: {cert_file: a, key_file: b, client_ca_file: c}
 routes:
   - name: x
@@ -66,6 +66,24 @@ routes:
 		{"bad min_version", "tls:\n  min_version: \"1.0\"\n" + strings.TrimPrefix(minimalConfig, "tls:\n"), []string{`c.yaml:2: tls.min_version "1.0"`}},
 		{"bad log level", "log:\n  level: loud\n" + minimalConfig, []string{`c.yaml:2: log.level "loud"`}},
 		{"not yaml", "routes: [\n", []string{"c.yaml:"}},
+		{"shared listener without names", minimalConfig + `  - name: db2
+    protocol: postgres
+    listen: 127.0.0.1:6432
+    upstream: 127.0.0.1:5433
+    ip_rules_file: r
+`, []string{`c.yaml:8: route "db" shares listen address 127.0.0.1:6432 with route "db2": set server_names (SNI) on each, or default: true on one`}},
+		{"shared listener: mixed protocols, name claimed twice, two defaults", `tls: {cert_file: a, key_file: b, client_ca_file: c}
+routes:
+  - {name: a, protocol: postgres, listen: "127.0.0.1:1", server_names: [x.test], default: true, upstream: "h:1", ip_rules_file: r}
+  - {name: b, protocol: redis, listen: "127.0.0.1:1", server_names: [X.test], default: true, upstream: "h:1", ip_rules_file: r}
+`, []string{`route "b": listen address 127.0.0.1:1 is shared with route "a", which speaks postgres`, `c.yaml:4: route "b": server name "x.test" is already served by route "a"`, "has 2 routes with default: true"}},
+		{"bad server name and client pattern", minimalConfig + "    server_names: [\"bad name\"]\n    allowed_clients: [\"CN=x\"]\n",
+			[]string{`c.yaml:11: route "db": server name "bad name" is not a host name`, `c.yaml:12: route "db": allowed_clients: pattern "CN=x"`}},
+		{"empty allowed_clients", minimalConfig + "    allowed_clients: []\n", []string{"allowed_clients is empty, so nobody could connect"}},
+		{"upstream tls keys", minimalConfig + "    upstream_tls: verify-full\n    upstream_cert_file: c.pem\n",
+			[]string{"verify-full needs upstream_ca_file", "upstream_cert_file and upstream_key_file go together"}},
+		{"user map without binding", minimalConfig + "    postgres_user_map: {a: b}\n", []string{"postgres_user_map needs postgres_user_from_cert: true"}},
+		{"proxy cidr", "proxy_protocol:\n  trusted_cidrs: [10.0.0.0/33]\n" + minimalConfig, []string{`c.yaml:2: proxy_protocol.trusted_cidrs: "10.0.0.0/33" is not a CIDR block`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := ParseConfig([]byte(tc.yaml), "c.yaml")
@@ -132,4 +150,11 @@ func TestEffectiveTLS(t *testing.T) {
 		t.Fatalf("EffectiveTLS = %+v, want %+v", got, want)
 	}
 
+}
+
+func writeFile(t *testing.T, path, data string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
@@ -56,10 +57,13 @@ var errCancelHandled = errors.New("cancel request handled")
 type conn struct {
 	srv   *Server
 	snap  *Snapshot // read once at accept: one connection, one configuration
-	route *Route
+	lis   *Listener
+	route *Route // nil until known: at once on an unshared listener, else from SNI
+	sni   string
 	id    string
 	start time.Time
-	src   netip.AddrPort
+	peer  netip.AddrPort // the TCP peer: the client, or a load balancer
+	src   netip.AddrPort // the client: peer, or what a trusted PROXY header says
 
 	nc       net.Conn // the accepted TCP connection
 	client   net.Conn // what the client speaks through: nc, or the TLS conn over it
@@ -72,6 +76,7 @@ type conn struct {
 	aborted bool
 
 	phase     Phase
+	early     *Refusal // found before TLS, told after it
 	identity  tlsconf.Identity
 	ruleID    string
 	pgUser    string
@@ -98,14 +103,17 @@ func (c *conn) run(ctx context.Context) error {
 	if err := c.nc.SetDeadline(c.start.Add(limits.HandshakeTimeout)); err != nil {
 		return err
 	}
-	var err error
-	switch c.route.Protocol {
+	first, err := c.readFirstByte()
+	if err != nil {
+		return err
+	}
+	switch c.lis.Protocol {
 	case ProtocolPostgres:
-		err = c.startPostgres(ctx)
+		err = c.startPostgres(ctx, first)
 	case ProtocolRedis:
-		err = c.startRedis(ctx)
+		err = c.startRedis(ctx, first)
 	default:
-		err = fmt.Errorf("route %q has unknown protocol %q", c.route.Name, c.route.Protocol)
+		err = fmt.Errorf("listener %s has unknown protocol %q", c.lis.Addr, c.lis.Protocol)
 	}
 	if err != nil {
 		return err
@@ -120,7 +128,7 @@ func (c *conn) run(ctx context.Context) error {
 	}
 	if c.startup != nil {
 		if _, err := c.upstream.Write(c.startup); err != nil {
-			return refuse(ReasonUpstreamUnavailable, c.upstreamDownMsg(), fmt.Errorf("writing StartupMessage upstream: %w", err))
+			return refuse(ReasonUpstreamUnavailable, upstreamDownMsg(c.route), fmt.Errorf("writing StartupMessage upstream: %w", err))
 		}
 	}
 	// The client is trusted from here on: no deadline on an idle session.
@@ -128,86 +136,102 @@ func (c *conn) run(ctx context.Context) error {
 		return err
 	}
 	c.phase = PhaseSplice
-	c.srv.metrics.established.WithLabelValues(c.route.Name).Inc()
-	c.srv.metrics.handshake.WithLabelValues(c.route.Name).Observe(time.Since(c.start).Seconds())
-	c.srv.metrics.active.WithLabelValues(c.route.Name).Inc()
+	m := c.srv.metrics
+	m.established.WithLabelValues(c.route.Name).Inc()
+	m.handshake.WithLabelValues(c.route.Name).Observe(time.Since(c.start).Seconds())
+	m.active.WithLabelValues(c.route.Name).Inc()
+	m.observeClientCert(c.route.Name, c.identity)
 	c.srv.conns.update(c)
-	defer c.srv.metrics.active.WithLabelValues(c.route.Name).Dec()
+	defer m.active.WithLabelValues(c.route.Name).Dec()
 	return c.splice()
 }
 
+// readFirstByte reads the connection's first byte, after a PROXY header if
+// the peer may send one and does.
+func (c *conn) readFirstByte() (byte, error) {
+	var b [1]byte
+	if _, err := io.ReadFull(c.nc, b[:]); err != nil {
+		return 0, err
+	}
+	if !mayStartProxyHeader(b[0]) {
+		return b[0], nil
+	}
+	src, ok, err := readProxyHeader(c.nc, b[0])
+	if err != nil {
+		return 0, err // not a PROXY header: garbage
+	}
+	if !c.snap.trustedProxy(c.peer.Addr()) {
+		// Refused after TLS, like every check, so that the client can read
+		// why: an answer to its SSLRequest would be hidden by libpq.
+		c.early = refuse(ReasonProtocolViolation,
+			fmt.Sprintf("PROXY protocol header from %s, which is not in proxy_protocol.trusted_cidrs", c.peer.Addr()), nil)
+	} else if ok {
+		c.src = src
+	}
+	if _, err := io.ReadFull(c.nc, b[:]); err != nil {
+		return 0, err
+	}
+	return b[0], nil
+}
+
+// routeName names the connection's route for logs and metrics before and
+// after it is known.
+func (c *conn) routeName() string {
+	if c.route != nil {
+		return c.route.Name
+	}
+	if !c.lis.Shared() {
+		return c.lis.Routes[0].Name
+	}
+	return "unrouted"
+}
+
 // startTLS runs the server side of the TLS handshake over nc, whose first
-// bytes may already have been read (prefix).
+// bytes may already have been read (prefix). On a shared listener the
+// route is chosen by the ClientHello's server name; an unknown name still
+// completes the handshake, with the first route's certificate, so that the
+// client can be told which names are served.
 func (c *conn) startTLS(ctx context.Context, prefix []byte) error {
 	c.phase = PhaseHandshake
 	raw := c.nc
 	if len(prefix) > 0 {
 		raw = &prefixConn{Conn: c.nc, prefix: prefix}
 	}
-	tc := tls.Server(raw, c.route.TLS)
+	cfg := c.lis.Routes[0].TLS
+	if c.lis.Shared() {
+		cfg = &tls.Config{GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			c.sni = hello.ServerName
+			if c.route = c.lis.Route(hello.ServerName); c.route != nil {
+				return c.route.TLS, nil
+			}
+			return c.lis.Routes[0].TLS, nil
+		}}
+	}
+	tc := tls.Server(raw, cfg)
 	c.tlsConn = tc
 	if err := tc.HandshakeContext(ctx); err != nil {
 		// Nothing can be told to a client whose TLS failed; the log says why.
 		return &Refusal{Reason: ReasonHandshakeFailed, Msg: "TLS handshake failed", Err: err, quiet: true}
 	}
 	c.client = tc
+	if c.route == nil {
+		return c.unknownServerName()
+	}
 	return nil
 }
 
-// checkSource checks the source address against the route's IP rules.
-func (c *conn) checkSource() error {
-	id, ok := c.route.Matcher.Lookup(c.src.Addr())
-	if !ok {
-		return &Refusal{
-			Reason: ReasonIPNotAllowed,
-			Msg:    fmt.Sprintf("source address %s is not allowed for route %s", c.src.Addr(), c.route.Name),
-			Hint:   "ask the operator to add an IP rule for this address (spacegate ip-rules create)",
-		}
+// unknownServerName refuses a client whose SNI no route of a shared
+// listener serves.
+func (c *conn) unknownServerName() error {
+	names := strings.Join(c.lis.Names(), ", ")
+	if c.sni == "" {
+		return &Refusal{Reason: ReasonUnknownServerName,
+			Msg:  "no server name (SNI) was sent, and this address serves several databases: " + names,
+			Hint: "connect with one of these host names (libpq sends it unless sslsni=0; an IP address as host sends none)"}
 	}
-	c.ruleID = id
-	return nil
-}
-
-// admit runs the checks, in order, each with its own reason.
-func (c *conn) admit() error {
-	if err := c.checkSource(); err != nil {
-		return err
-	}
-	id, err := c.route.Material.Verify(c.tlsConn.ConnectionState().PeerCertificates, c.srv.now())
-	c.identity = id
-	if err != nil {
-		var ve *tlsconf.VerifyError
-		if errors.As(err, &ve) {
-			c.identity = ve.Identity
-			return &Refusal{Reason: certReason(ve.Reason), Msg: ve.Error(), Err: ve.Err}
-		}
-		return refuse(ReasonCertUntrusted, "client certificate could not be verified", err)
-	}
-	if !c.route.IsEnabled() {
-		return &Refusal{Reason: ReasonRouteDisabled, Msg: fmt.Sprintf("route %s is disabled by its operator", c.route.Name),
-			Hint: "the route accepts connections again once it is enabled"}
-	}
-	if !c.srv.acquireSlot(c.snap.Config.Limits.MaxConnections) {
-		return &Refusal{Reason: ReasonTooManyConnections, Msg: "too many connections through this gate", Hint: "try again later"}
-	}
-	c.admitted = true
-	return nil
-}
-
-func (c *conn) upstreamDownMsg() string {
-	return fmt.Sprintf("the database behind route %s cannot be reached right now", c.route.Name)
-}
-
-// dialUpstream connects to the route's upstream within the connect timeout.
-func (c *conn) dialUpstream(ctx context.Context) error {
-	start := time.Now()
-	d := net.Dialer{Timeout: c.snap.Config.Limits.UpstreamConnectTimeout}
-	up, err := d.DialContext(ctx, "tcp", c.route.Upstream)
-	if err != nil {
-		return &Refusal{Reason: ReasonUpstreamUnavailable, Msg: c.upstreamDownMsg(), Hint: "the gate itself is up; its log tells the operator why", Err: err}
-	}
-	c.srv.metrics.upstreamConnect.WithLabelValues(c.route.Name).Observe(time.Since(start).Seconds())
-	return c.setUpstream(up)
+	return &Refusal{Reason: ReasonUnknownServerName,
+		Msg:  fmt.Sprintf("no database is served under the name %q at this address; it serves: %s", c.sni, names),
+		Hint: "check the host name in the connection string"}
 }
 
 // setUpstream records the upstream connection, unless the connection has
@@ -247,7 +271,7 @@ func (c *conn) finish(err error) {
 		c.upstream.Close()
 	}
 	switch {
-	case ref != nil && !ref.quiet && c.route.Protocol == ProtocolRedis:
+	case ref != nil && !ref.quiet && c.lis.Protocol == ProtocolRedis:
 		c.tellRedis(ref)
 		c.lingerClose()
 	case ref != nil && !ref.quiet:
@@ -315,10 +339,16 @@ func (c *conn) audit(ref *Refusal) {
 	fields := make([]zap.Field, 0, 20)
 	fields = append(fields,
 		zap.String("id", c.id),
-		zap.String("route", c.route.Name),
+		zap.String("route", c.routeName()),
 		zap.String("source", c.src.String()),
 		zap.Duration("duration", time.Since(c.start)),
 	)
+	if c.peer != c.src {
+		fields = append(fields, zap.String("peer", c.peer.String()))
+	}
+	if c.sni != "" {
+		fields = append(fields, zap.String("sni", c.sni))
+	}
 	if c.ruleID != "" {
 		fields = append(fields, zap.String("ip_rule", c.ruleID))
 	}
@@ -343,7 +373,7 @@ func (c *conn) audit(ref *Refusal) {
 		}
 		c.srv.log.Info("cancel request", fields...)
 	case ref != nil:
-		m.refused.WithLabelValues(c.route.Name, ref.Reason.String()).Inc()
+		m.refused.WithLabelValues(c.routeName(), ref.Reason.String()).Inc()
 		fields = append(fields, zap.String("verdict", "refused"), zap.String("reason", ref.Reason.String()),
 			zap.String("phase", c.phase.String()), zap.String("message", ref.Msg))
 		if ref.Err != nil {
@@ -351,10 +381,10 @@ func (c *conn) audit(ref *Refusal) {
 		}
 		c.srv.log.Warn("connection refused", fields...)
 	default:
-		m.closed.WithLabelValues(c.route.Name).Inc()
-		m.duration.WithLabelValues(c.route.Name).Observe(time.Since(c.start).Seconds())
-		m.bytes.WithLabelValues(c.route.Name, "upstream").Add(float64(c.bytesUp))
-		m.bytes.WithLabelValues(c.route.Name, "client").Add(float64(c.bytesDown))
+		m.closed.WithLabelValues(c.routeName()).Inc()
+		m.duration.WithLabelValues(c.routeName()).Observe(time.Since(c.start).Seconds())
+		m.bytes.WithLabelValues(c.routeName(), "upstream").Add(float64(c.bytesUp))
+		m.bytes.WithLabelValues(c.routeName(), "client").Add(float64(c.bytesDown))
 		fields = append(fields, zap.String("verdict", "closed"),
 			zap.Int64("bytes_up", c.bytesUp), zap.Int64("bytes_down", c.bytesDown))
 		c.srv.log.Info("connection closed", fields...)

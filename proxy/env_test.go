@@ -16,12 +16,15 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/spacegate/spacegate/internal/testenv"
+	"github.com/spacegate/spacegate/tlsconf"
 )
 
 // The upstream servers are shared by every test of the package: starting a
 // PostgreSQL takes a second or two. Tests that break an upstream start their
 // own.
-var shared struct {
+var shared sharedServers
+
+type sharedServers struct {
 	pg       *testenv.Postgres
 	pgErr    error
 	redis    *testenv.Redis
@@ -62,6 +65,22 @@ func sharedPostgres(t *testing.T) *testenv.Postgres {
 	return shared.pg
 }
 
+// addr returns the shared upstream's address, if the YAML asks for it.
+func (sh *sharedServers) addr(t *testing.T, which string) string {
+	switch which {
+	case "pg":
+		if sh.pg == nil {
+			return "127.0.0.1:1"
+		}
+		return sh.pg.Addr
+	default:
+		if sh.redis == nil {
+			return "127.0.0.1:1"
+		}
+		return sh.redis.Addr
+	}
+}
+
 func sharedRedis(t *testing.T) *testenv.Redis {
 	t.Helper()
 	if shared.redis == nil {
@@ -84,6 +103,12 @@ type envOptions struct {
 	drainTimeout     string
 	maxConnections   int
 	extraRoute       string // YAML appended under routes:
+	// routes, if set, replaces the default routes: YAML list items under
+	// routes:, where {{pg}} and {{redis}} stand for the shared upstreams
+	// and {{dir}} for the env's directory (rules.yaml is there).
+	routes string
+	top    string       // more top-level YAML (proxy_protocol:, pki:)
+	pki    *testenv.PKI // default: a new one
 }
 
 // env is a running gate in front of real upstreams, with its PKI.
@@ -104,8 +129,11 @@ type env struct {
 
 func newEnv(t *testing.T, o envOptions) *env {
 	t.Helper()
-	e := &env{t: t, dir: t.TempDir(), pki: testenv.NewPKI(t)}
-	e.client = e.pki.Client(t, "good")
+	e := &env{t: t, dir: t.TempDir(), pki: o.pki}
+	if e.pki == nil {
+		e.pki = testenv.NewPKI(t)
+	}
+	e.client = e.pki.Client(t, "good", testenv.ForRoutes("db", "cache"))
 	if !o.noPostgres && o.pgUpstream == "" {
 		o.pgUpstream = sharedPostgres(t).Addr
 	}
@@ -126,6 +154,10 @@ func newEnv(t *testing.T, o envOptions) *env {
 	}
 	e.writeRules("rules.yaml", o.rules...)
 	var routes strings.Builder
+	if o.routes != "" {
+		o.noPostgres, o.noRedis = true, true
+		routes.WriteString(strings.NewReplacer("{{pg}}", shared.addr(t, "pg"), "{{redis}}", shared.addr(t, "redis"), "{{dir}}", e.dir).Replace(o.routes))
+	}
 	if !o.noPostgres {
 		e.pgAddr = testenv.FreeAddr(t)
 		fmt.Fprintf(&routes, "  - name: db\n    protocol: postgres\n    listen: %s\n    upstream: %s\n    ip_rules_file: rules.yaml\n", e.pgAddr, o.pgUpstream)
@@ -135,7 +167,8 @@ func newEnv(t *testing.T, o envOptions) *env {
 		fmt.Fprintf(&routes, "  - name: cache\n    protocol: redis\n    listen: %s\n    upstream: %s\n    ip_rules_file: rules.yaml\n", e.redisAdr, o.redisUpstream)
 	}
 	routes.WriteString(o.extraRoute)
-	cfg := fmt.Sprintf(`admin:
+	cfg := fmt.Sprintf(o.top+`
+admin:
   listen: %s
 tls:
   cert_file: %s
@@ -244,4 +277,22 @@ func dialFrom(src string) func(ctx context.Context, network, addr string) (net.C
 
 func withDialFrom(src string) func(*pgx.ConnConfig) {
 	return func(c *pgx.ConnConfig) { c.DialFunc = dialFrom(src) }
+}
+
+// serverCert issues a server certificate for dnsNames and 127.0.0.1 from
+// the PKI's CA and returns its files.
+func serverCert(t *testing.T, pki *testenv.PKI, name string, dnsNames ...string) (certFile, keyFile string) {
+	t.Helper()
+	iss, err := pki.CA.Issue(tlsconf.IssueRequest{CommonName: dnsNames[0], DNSNames: dnsNames, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, Server: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(pki.Dir, name+".crt"), filepath.Join(pki.Dir, name+".key")
+	if err := os.WriteFile(certFile, iss.CertPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, iss.KeyPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
 }

@@ -3,6 +3,9 @@ package proxy
 import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/spacegate/spacegate/tlsconf"
 )
 
 // Metrics are the gate's Prometheus metrics. They are registered on the
@@ -20,6 +23,7 @@ type Metrics struct {
 	rules           *prometheus.GaugeVec   // route
 	generation      prometheus.Gauge
 	certExpiry      *prometheus.GaugeVec // kind: server|ca, route
+	clientExpiry    *prometheus.GaugeVec // route, identity
 	handshake       *prometheus.HistogramVec
 	upstreamConnect *prometheus.HistogramVec
 	duration        *prometheus.HistogramVec
@@ -51,6 +55,8 @@ func NewMetrics() *Metrics {
 			Help: "Generation of the configuration in force; starts at 1."}),
 		certExpiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "cert_expiry_timestamp_seconds",
 			Help: "Expiry time of the server certificate and of each trusted CA, by route."}, []string{"route", "kind", "subject"}),
+		clientExpiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "client_cert_expiry_timestamp_seconds",
+			Help: "Expiry time of the nearest-expiring client certificate seen per route and identity (URI SAN, else CN)."}, []string{"route", "identity"}),
 		handshake: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: "handshake_seconds",
 			Help: "Time from accept until every check has passed.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, routeLabel),
 		upstreamConnect: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: "upstream_connect_seconds",
@@ -64,7 +70,7 @@ func NewMetrics() *Metrics {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.accepted, m.refused, m.established, m.closed, m.cancels, m.active, m.rules,
-		m.generation, m.certExpiry, m.handshake, m.upstreamConnect, m.duration, m.bytes,
+		m.generation, m.certExpiry, m.clientExpiry, m.handshake, m.upstreamConnect, m.duration, m.bytes,
 	)
 	return m
 }
@@ -89,4 +95,30 @@ func (m *Metrics) observeSnapshot(s *Snapshot) {
 			m.certExpiry.WithLabelValues(r.Name, "ca", ca.Subject.String()).Set(float64(ca.NotAfter.Unix()))
 		}
 	}
+}
+
+// observeClientCert records the expiry of an admitted client certificate,
+// keeping per identity the nearest one seen, so that an alert fires for
+// the certificate that will fail first.
+func (m *Metrics) observeClientCert(route string, id tlsconf.Identity) {
+	name := id.CommonName
+	if len(id.URIs) > 0 {
+		name = id.URIs[0]
+	}
+	if name == "" || id.NotAfter.IsZero() {
+		return
+	}
+	g := m.clientExpiry.WithLabelValues(route, name)
+	exp := float64(id.NotAfter.Unix())
+	if cur := gaugeValue(g); cur == 0 || exp < cur {
+		g.Set(exp)
+	}
+}
+
+func gaugeValue(g prometheus.Gauge) float64 {
+	var pb dto.Metric
+	if err := g.Write(&pb); err != nil {
+		return 0
+	}
+	return pb.GetGauge().GetValue()
 }

@@ -24,6 +24,7 @@ import (
 	"io"
 	"net"
 	"syscall"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
@@ -69,20 +70,16 @@ func readStartupPacket(r io.Reader, first []byte) ([]byte, uint32, error) {
 	return pkt, code, nil
 }
 
-// startPostgres negotiates TLS with a PostgreSQL client and reads its
-// StartupMessage inside TLS into c.startup.
-func (c *conn) startPostgres(ctx context.Context) error {
+// startPostgres negotiates TLS with a PostgreSQL client whose first byte
+// has been read, and reads its StartupMessage inside TLS into c.startup.
+func (c *conn) startPostgres(ctx context.Context, first byte) error {
 	c.phase = PhaseNegotiate
-	var first [1]byte
 	gssencRefused := false
 	for {
-		if _, err := io.ReadFull(c.nc, first[:]); err != nil {
-			return err
+		if first == tlsRecordHandshake {
+			return c.startDirectTLS(ctx, []byte{first})
 		}
-		if first[0] == tlsRecordHandshake {
-			return c.startDirectTLS(ctx, first[:])
-		}
-		pkt, code, err := readStartupPacket(c.nc, first[:])
+		pkt, code, err := readStartupPacket(c.nc, []byte{first})
 		if err != nil {
 			return err
 		}
@@ -93,7 +90,6 @@ func (c *conn) startPostgres(ctx context.Context) error {
 			if _, err := c.nc.Write([]byte{'N'}); err != nil {
 				return err
 			}
-			continue
 		case code == codeSSLRequest && len(pkt) == 8:
 			return c.startClassicTLS(ctx)
 		case code == codeCancelRequest:
@@ -101,12 +97,17 @@ func (c *conn) startPostgres(ctx context.Context) error {
 		case code>>16 == protocolMajor3:
 			return &Refusal{
 				Reason: ReasonTLSRequired,
-				Msg:    fmt.Sprintf("route %s requires TLS with a client certificate; the connection was not encrypted", c.route.Name),
+				Msg:    fmt.Sprintf("route %s requires TLS with a client certificate; the connection was not encrypted", c.routeName()),
 				Hint:   "connect with sslmode=verify-full (or verify-ca) and set sslcert, sslkey and sslrootcert (PGSSLCERT, PGSSLKEY, PGSSLROOTCERT)",
 			}
 		default:
 			return refuse(ReasonProtocolViolation, fmt.Sprintf("unsupported start-up packet (code %d, %d bytes); this is a PostgreSQL gate", code, len(pkt)), nil)
 		}
+		var b [1]byte
+		if _, err := io.ReadFull(c.nc, b[:]); err != nil {
+			return err
+		}
+		first = b[0]
 	}
 }
 
@@ -175,47 +176,90 @@ func (c *conn) readStartupInTLS(ctx context.Context) error {
 	return nil
 }
 
-// forwardCancel forwards a CancelRequest to the route's upstream if the
-// source address is allowed. A cancel carries no certificate when it comes
-// in plaintext, as from psql and pgbench, so the IP rule is its only gate
-// here; PostgreSQL itself checks the secret key. The packet is forwarded
-// unchanged, so any replica can forward any cancel without shared state.
+// forwardCancel forwards a CancelRequest to the upstream of each route it
+// may be meant for whose IP rules allow the source. A cancel carries no
+// certificate when it comes in plaintext, as from psql and pgbench, so the
+// IP rule is its only gate here; PostgreSQL itself checks the secret key.
+// The packet is forwarded unchanged, so any replica can forward any cancel
+// without shared state.
+//
+// Inside TLS the route is known from SNI. A plaintext cancel on a listener
+// shared by several routes carries no server name, so it goes to every
+// upstream of the listener: only the server that issued the key acts on it
+// (a pid and a 32-bit or longer random key must both match), and no state
+// has to be shared between replicas, as rewriting keys would need.
 func (c *conn) forwardCancel(ctx context.Context, pkt []byte) error {
 	c.cancel = true
 	m := c.srv.metrics.cancels
 	if len(pkt) < minCancelPacket || len(pkt) > maxCancelPacket {
-		m.WithLabelValues(c.route.Name, "refused").Inc()
+		m.WithLabelValues(c.routeName(), "refused").Inc()
 		return refuse(ReasonProtocolViolation, fmt.Sprintf("invalid CancelRequest length %d", len(pkt)), nil)
 	}
-	if err := c.checkSource(); err != nil {
-		m.WithLabelValues(c.route.Name, "refused").Inc()
+	if c.early != nil {
+		c.early.quiet = true // PostgreSQL never answers a cancel
+		return c.early
+	}
+	targets := c.lis.Routes
+	if c.route != nil {
+		targets = []*Route{c.route}
+	} else if !c.lis.Shared() {
+		c.route = c.lis.Routes[0]
+	}
+	var refusal error
+	forwarded := 0
+	for _, r := range targets {
+		if err := c.checkSourceOn(r); err != nil {
+			refusal = err
+			m.WithLabelValues(r.Name, "refused").Inc()
+			continue
+		}
+		if !r.IsEnabled() {
+			m.WithLabelValues(r.Name, "refused").Inc()
+			continue
+		}
+		if err := c.sendCancel(ctx, r, pkt); err != nil {
+			m.WithLabelValues(r.Name, "failed").Inc()
+			c.srv.log.Warn("cancel request not forwarded", zap.String("id", c.id), zap.String("route", r.Name), zap.Error(err))
+			continue
+		}
+		m.WithLabelValues(r.Name, "forwarded").Inc()
+		forwarded++
+	}
+	if forwarded == 0 && refusal != nil {
 		var r *Refusal
-		if errors.As(err, &r) {
+		if errors.As(refusal, &r) {
 			r.quiet = true // PostgreSQL never answers a cancel
 		}
+		return refusal
+	}
+	return errCancelHandled
+}
+
+// sendCancel delivers one CancelRequest to r's upstream, over TLS if the
+// route talks TLS to it, and waits for the server to close: it has read
+// the packet then.
+func (c *conn) sendCancel(ctx context.Context, r *Route, pkt []byte) error {
+	timeout := c.snap.Config.Limits.UpstreamConnectTimeout
+	d := net.Dialer{Timeout: timeout}
+	up, err := d.DialContext(ctx, "tcp", r.Upstream)
+	if err != nil {
 		return err
 	}
-	if !c.route.IsEnabled() {
-		m.WithLabelValues(c.route.Name, "refused").Inc()
-		return errCancelHandled
-	}
-	d := net.Dialer{Timeout: c.snap.Config.Limits.UpstreamConnectTimeout}
-	up, err := d.DialContext(ctx, "tcp", c.route.Upstream)
-	if err != nil {
-		m.WithLabelValues(c.route.Name, "failed").Inc()
-		c.srv.log.Warn("cancel request not forwarded", zap.String("id", c.id), zap.String("route", c.route.Name), zap.Error(err))
-		return errCancelHandled
-	}
 	defer up.Close()
-	_ = up.SetDeadline(c.start.Add(c.snap.Config.Limits.HandshakeTimeout))
-	if _, err := up.Write(pkt); err != nil {
-		m.WithLabelValues(c.route.Name, "failed").Inc()
-		return errCancelHandled
+	_ = up.SetDeadline(time.Now().Add(timeout))
+	if r.UpstreamTLS != nil {
+		tup, err := upstreamTLS(ctx, r, up)
+		if err != nil {
+			return err
+		}
+		defer tup.Close()
+		up = tup
 	}
-	// Wait for PostgreSQL to close its side: it has read the packet then.
+	if _, err := up.Write(pkt); err != nil {
+		return err
+	}
 	_, _ = io.Copy(io.Discard, io.LimitReader(up, 1024))
-	m.WithLabelValues(c.route.Name, "forwarded").Inc()
-	return errCancelHandled
+	return nil
 }
 
 // pgError encodes r as a PostgreSQL FATAL ErrorResponse.

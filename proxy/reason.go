@@ -19,6 +19,9 @@ const (
 	ReasonCertExpired
 	ReasonCertNotYetValid
 	ReasonCertRevoked
+	ReasonUnknownServerName  // SNI names no route of a shared listener
+	ReasonIdentityNotAllowed // certificate valid, but not for this route
+	ReasonUserMismatch       // PostgreSQL user not the one the certificate allows
 	ReasonRouteDisabled
 	ReasonTooManyConnections
 	ReasonUpstreamUnavailable
@@ -37,6 +40,9 @@ var reasonNames = [...]string{
 	ReasonCertExpired:         "cert_expired",
 	ReasonCertNotYetValid:     "cert_not_yet_valid",
 	ReasonCertRevoked:         "cert_revoked",
+	ReasonUnknownServerName:   "unknown_server_name",
+	ReasonIdentityNotAllowed:  "identity_not_allowed",
+	ReasonUserMismatch:        "user_mismatch",
 	ReasonRouteDisabled:       "route_disabled",
 	ReasonTooManyConnections:  "too_many_connections",
 	ReasonUpstreamUnavailable: "upstream_unavailable",

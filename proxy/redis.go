@@ -13,21 +13,17 @@ import (
 // startRedis starts TLS with a Redis client. Redis has no preamble: a TLS
 // client's first byte is a handshake record at once. Anything else is a
 // plaintext command, which is refused with a RESP error that redis-cli shows.
-func (c *conn) startRedis(ctx context.Context) error {
+func (c *conn) startRedis(ctx context.Context, first byte) error {
 	c.phase = PhaseHandshake
-	var first [1]byte
-	if _, err := io.ReadFull(c.nc, first[:]); err != nil {
-		return err
-	}
-	if first[0] != tlsRecordHandshake {
-		c.client = &prefixConn{Conn: c.nc, prefix: first[:]}
+	if first != tlsRecordHandshake {
+		c.client = &prefixConn{Conn: c.nc, prefix: []byte{first}}
 		return &Refusal{
 			Reason: ReasonTLSRequired,
-			Msg:    "route " + c.route.Name + " requires TLS with a client certificate",
+			Msg:    "route " + c.routeName() + " requires TLS with a client certificate",
 			Hint:   "use redis-cli --tls --cert postgresql.crt --key postgresql.key --cacert root.crt, or a rediss:// URL",
 		}
 	}
-	return c.startTLS(ctx, first[:])
+	return c.startTLS(ctx, []byte{first})
 }
 
 // redisError encodes r as a RESP error line. RESP errors are one line: any

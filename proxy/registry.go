@@ -32,7 +32,7 @@ func (r *registry) init() { r.conns = map[*conn]ConnInfo{} }
 
 func (r *registry) add(c *conn) {
 	r.mu.Lock()
-	r.conns[c] = ConnInfo{ID: c.id, Route: c.route.Name, Source: c.src.String(), Phase: c.phase.String(), Since: c.start}
+	r.conns[c] = ConnInfo{ID: c.id, Route: c.routeName(), Source: c.src.String(), Phase: c.phase.String(), Since: c.start}
 	r.mu.Unlock()
 }
 

@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,7 +43,7 @@ type Server struct {
 	wg      sync.WaitGroup
 
 	mu        sync.Mutex
-	listeners map[string]net.Listener // by route name
+	listeners map[string]net.Listener // by listen address as configured
 	admin     *http.Server
 	adminAddr net.Addr
 
@@ -113,11 +115,11 @@ func (s *Server) Run(ctx context.Context) error {
 	defer cancelConns()
 	var accepting sync.WaitGroup
 	s.mu.Lock()
-	for name, ln := range s.listeners {
+	for addr, ln := range s.listeners {
 		accepting.Add(1)
 		go func() {
 			defer accepting.Done()
-			s.acceptLoop(connCtx, name, ln)
+			s.acceptLoop(connCtx, addr, ln)
 		}()
 	}
 	s.mu.Unlock()
@@ -143,15 +145,22 @@ func (s *Server) Run(ctx context.Context) error {
 
 func (s *Server) openListeners(snap *Snapshot) error {
 	var lc net.ListenConfig
-	for _, r := range snap.Routes {
-		ln, err := lc.Listen(context.Background(), "tcp", r.Listen)
+	for _, l := range snap.Listeners {
+		ln, err := lc.Listen(context.Background(), "tcp", l.Addr)
 		if err != nil {
-			return fmt.Errorf("route %q: cannot listen on %s: %w", r.Name, r.Listen, err)
+			names := make([]string, len(l.Routes))
+			for i, r := range l.Routes {
+				names[i] = strconv.Quote(r.Name)
+			}
+			return fmt.Errorf("route %s: cannot listen on %s: %w", strings.Join(names, ", "), l.Addr, err)
 		}
 		s.mu.Lock()
-		s.listeners[r.Name] = ln
+		s.listeners[l.Addr] = ln
 		s.mu.Unlock()
-		s.log.Info("listening", zap.String("route", r.Name), zap.String("protocol", r.Protocol), zap.String("listen", ln.Addr().String()))
+		for _, r := range l.Routes {
+			s.log.Info("listening", zap.String("route", r.Name), zap.String("protocol", r.Protocol),
+				zap.String("listen", ln.Addr().String()), zap.Strings("server_names", r.ServerNames))
+		}
 	}
 	return nil
 }
@@ -164,10 +173,10 @@ func (s *Server) closeListeners() {
 	}
 }
 
-// acceptLoop accepts on one route's listener until it is closed. Temporary
+// acceptLoop accepts on the listener of one listen address until it is closed. Temporary
 // errors (EMFILE, ENFILE, ...) back off and are logged once per streak
 // rather than spinning or ending the loop.
-func (s *Server) acceptLoop(ctx context.Context, route string, ln net.Listener) {
+func (s *Server) acceptLoop(ctx context.Context, addr string, ln net.Listener) {
 	var backoff time.Duration
 	for {
 		nc, err := ln.Accept()
@@ -177,7 +186,7 @@ func (s *Server) acceptLoop(ctx context.Context, route string, ln net.Listener) 
 			}
 			if backoff == 0 {
 				backoff = 5 * time.Millisecond
-				s.log.Error("accept failed; backing off", zap.String("route", route), zap.Error(err))
+				s.log.Error("accept failed; backing off", zap.String("listen", addr), zap.Error(err))
 			} else {
 				backoff = min(2*backoff, time.Second)
 			}
@@ -191,27 +200,32 @@ func (s *Server) acceptLoop(ctx context.Context, route string, ln net.Listener) 
 		backoff = 0
 		s.metrics.accepted.Inc()
 		s.wg.Add(1)
-		go s.serveConn(ctx, route, nc)
+		go s.serveConn(ctx, addr, nc)
 	}
 }
 
 // serveConn serves one accepted connection; it owns and closes nc.
-func (s *Server) serveConn(ctx context.Context, route string, nc net.Conn) {
+func (s *Server) serveConn(ctx context.Context, addr string, nc net.Conn) {
 	defer s.wg.Done()
 	snap := s.Snapshot()
-	r := snap.Route(route)
-	if r == nil {
+	l := snap.Listener(addr)
+	if l == nil {
 		nc.Close()
 		return
 	}
+	peer := addrPort(nc.RemoteAddr())
 	c := &conn{
 		srv:   s,
 		snap:  snap,
-		route: r,
+		lis:   l,
 		id:    uuid.NewString(),
 		start: time.Now(),
-		src:   addrPort(nc.RemoteAddr()),
+		peer:  peer,
+		src:   peer,
 		nc:    nc,
+	}
+	if !l.Shared() {
+		c.route = l.Routes[0]
 	}
 	s.conns.add(c)
 	c.serve(ctx)

@@ -3,10 +3,14 @@ package proxy
 import (
 	"cmp"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
+	"net/netip"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spacegate/spacegate/allowlist"
@@ -21,8 +25,66 @@ type Snapshot struct {
 	Generation uint64
 	LoadedAt   time.Time
 	Routes     []*Route
-	byName     map[string]*Route
+	// Listeners groups the routes by listen address, in config order.
+	Listeners []*Listener
+
+	byName         map[string]*Route
+	byAddr         map[string]*Listener
+	trustedProxies []netip.Prefix
 }
+
+// Listener is one listen address and the routes served on it: one, or
+// several told apart by TLS SNI.
+type Listener struct {
+	Addr     string
+	Protocol string
+	Routes   []*Route
+	Default  *Route // serves unknown or missing SNI on a shared address; may be nil
+
+	names     map[string]*Route // exact server names, lowercase
+	wildcards []wildcardName    // "*.example.com" as ".example.com"
+}
+
+type wildcardName struct {
+	suffix string
+	route  *Route
+}
+
+// Shared reports whether several routes share the address.
+func (l *Listener) Shared() bool { return len(l.Routes) > 1 }
+
+// Route returns the route serving a TLS server name: the only route of an
+// unshared listener whatever the name; else an exact name, then a wildcard
+// matching one label, then the default. It returns nil when none serves it.
+func (l *Listener) Route(serverName string) *Route {
+	if !l.Shared() {
+		return l.Routes[0]
+	}
+	name := strings.ToLower(strings.TrimSuffix(serverName, "."))
+	if r, ok := l.names[name]; ok {
+		return r
+	}
+	if _, parent, ok := strings.Cut(name, "."); ok {
+		for _, w := range l.wildcards {
+			if "."+parent == w.suffix {
+				return w.route
+			}
+		}
+	}
+	return l.Default
+}
+
+// Names returns the server names served on the address, for messages.
+func (l *Listener) Names() []string {
+	var out []string
+	for _, r := range l.Routes {
+		out = append(out, r.ServerNames...)
+	}
+	return out
+}
+
+// Listener returns the listener on addr, or nil.
+func (s *Snapshot) Listener(addr string) *Listener { return s.byAddr[addr] }
 
 // Route is one route of a Snapshot with its loaded rules and TLS state.
 type Route struct {
@@ -34,6 +96,11 @@ type Route struct {
 	// client certificate: the gate verifies after the handshake so that the
 	// client can be told why in its own protocol.
 	TLS *tls.Config
+	// Clients are the client identities the route accepts.
+	Clients tlsconf.ClientPatterns
+	// UpstreamTLS is the client config towards the upstream; nil when
+	// upstream_tls is disable.
+	UpstreamTLS *tls.Config
 }
 
 // Route returns the route called name, or nil.
@@ -43,13 +110,23 @@ func (s *Snapshot) Route(name string) *Route { return s.byName[name] }
 // bundles, CRLs), validates them and returns a Snapshot. It reports every
 // problem at once, joined with errors.Join, each naming its file.
 func Build(cfg *Config, generation uint64) (*Snapshot, error) {
-	s := &Snapshot{Config: cfg, Generation: generation, LoadedAt: time.Now(), byName: map[string]*Route{}}
+	s := &Snapshot{Config: cfg, Generation: generation, LoadedAt: time.Now(), byName: map[string]*Route{}, byAddr: map[string]*Listener{}}
 	var errs []error
+	for _, c := range cfg.ProxyProtocol.TrustedCIDRs {
+		if p, err := netip.ParsePrefix(c); err == nil { // invalid ones were reported by validate
+			s.trustedProxies = append(s.trustedProxies, netip.PrefixFrom(p.Addr().Unmap(), unmappedBits(p)).Masked())
+		}
+	}
 	materials := map[tlsconf.Files]*tlsconf.Material{}
 	materialErrs := map[tlsconf.Files]bool{}
 	for i := range cfg.Routes {
 		rc := cfg.Routes[i]
-		r := &Route{RouteConfig: rc}
+		r := &Route{RouteConfig: rc, Clients: tlsconf.NewClientPatterns(rc.Name, rc.AllowedClients)}
+		if up, err := cfg.upstreamTLS(i); err != nil {
+			errs = append(errs, err)
+		} else {
+			r.UpstreamTLS = up
+		}
 		if rules, err := cfg.loadRules(i); err != nil {
 			errs = append(errs, err)
 		} else if rules != nil {
@@ -90,11 +167,84 @@ func Build(cfg *Config, generation uint64) (*Snapshot, error) {
 		}
 		s.Routes = append(s.Routes, r)
 		s.byName[rc.Name] = r
+		s.addToListener(r)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
 	return s, nil
+}
+
+// addToListener files r under its listen address.
+func (s *Snapshot) addToListener(r *Route) {
+	l := s.byAddr[r.Listen]
+	if l == nil {
+		l = &Listener{Addr: r.Listen, Protocol: r.Protocol, names: map[string]*Route{}}
+		s.byAddr[r.Listen] = l
+		s.Listeners = append(s.Listeners, l)
+	}
+	l.Routes = append(l.Routes, r)
+	if r.Default {
+		l.Default = r
+	}
+	for _, n := range r.ServerNames {
+		n = strings.ToLower(n)
+		if suffix, ok := strings.CutPrefix(n, "*"); ok {
+			l.wildcards = append(l.wildcards, wildcardName{suffix: suffix, route: r})
+		} else {
+			l.names[n] = r
+		}
+	}
+}
+
+// upstreamTLS builds route i's client TLS config towards its upstream, or
+// nil when upstream_tls is disable.
+func (c *Config) upstreamTLS(i int) (*tls.Config, error) {
+	rc := &c.Routes[i]
+	if rc.UpstreamTLS == "" || rc.UpstreamTLS == UpstreamTLSDisable {
+		return nil, nil
+	}
+	host, _, _ := net.SplitHostPort(rc.Upstream)
+	cfg := &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		ServerName: cmp.Or(rc.UpstreamServerName, host),
+		// require encrypts without checking who answers, as libpq's
+		// sslmode=require does; verify-full checks chain and name.
+		InsecureSkipVerify: rc.UpstreamTLS == UpstreamTLSRequire,
+	}
+	if rc.Protocol == ProtocolPostgres {
+		cfg.NextProtos = []string{alpnPostgres}
+	}
+	var errs []error
+	if rc.UpstreamCAFile != "" {
+		pem, err := os.ReadFile(rc.UpstreamCAFile)
+		if err != nil {
+			errs = append(errs, c.problemAt([]any{"routes", i, "upstream_ca_file"}, "route %q: upstream_ca_file: %v", rc.Name, err))
+		} else {
+			cfg.RootCAs = x509.NewCertPool()
+			if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+				errs = append(errs, c.problemAt([]any{"routes", i, "upstream_ca_file"}, "route %q: upstream_ca_file %s holds no PEM certificate", rc.Name, rc.UpstreamCAFile))
+			}
+		}
+	}
+	if rc.UpstreamCertFile != "" {
+		cert, err := tls.LoadX509KeyPair(rc.UpstreamCertFile, rc.UpstreamKeyFile)
+		if err != nil {
+			errs = append(errs, c.problemAt([]any{"routes", i, "upstream_cert_file"}, "route %q: upstream client certificate: %v", rc.Name, err))
+		} else {
+			cfg.Certificates = []tls.Certificate{cert}
+		}
+	}
+	return cfg, errors.Join(errs...)
+}
+
+// unmappedBits returns p's prefix length after unmapping an IPv4-mapped
+// IPv6 prefix (::ffff:10.0.0.0/104 is 10.0.0.0/8).
+func unmappedBits(p netip.Prefix) int {
+	if p.Addr().Is4In6() {
+		return max(p.Bits()-96, 0)
+	}
+	return p.Bits()
 }
 
 // loadRules loads route i's rules file. A file that does not exist is a

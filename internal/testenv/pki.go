@@ -211,3 +211,15 @@ func pkiWrite(t testing.TB, path string, data []byte, perm os.FileMode) {
 		t.Fatalf("writing %s: %v", path, err)
 	}
 }
+
+// ForRoutes gives the certificate the URI SAN of each named route, as
+// `spacegate certs create` does, so that routes with the default
+// allowed_clients accept it.
+func ForRoutes(routes ...string) ClientOption {
+	return func(r *tlsconf.IssueRequest) {
+		for _, route := range routes {
+			u, _ := url.Parse(tlsconf.RouteURI("test.spacegate", route, r.CommonName))
+			r.URIs = append(r.URIs, u)
+		}
+	}
+}

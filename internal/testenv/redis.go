@@ -33,8 +33,15 @@ type Redis struct {
 	Dir string
 	// LogFile collects the server's output across restarts.
 	LogFile string
+	// TLSAddr is "127.0.0.1:PORT" of the TLS port of a server started with
+	// StartRedisTLS (clients need no certificate), else "".
+	TLSAddr string
+	// CertFile is the PEM of the TLS port's self-signed certificate, valid
+	// for 127.0.0.1, ::1 and localhost, for clients to trust; else "".
+	CertFile string
 
 	binPath string
+	keyFile string
 
 	mu     sync.Mutex
 	proc   *serverProcess // nil: stopped
@@ -45,7 +52,13 @@ type Redis struct {
 // temporary directory and waits until it answers PING. It needs no
 // testing.T, so TestMain can share one server across a package; the caller
 // must Close it. A start that fails quotes the end of the server log.
-func StartRedis() (*Redis, error) {
+func StartRedis() (*Redis, error) { return startRedis(false) }
+
+// StartRedisTLS is StartRedis with a TLS port as well (tls-port, no client
+// certificates), whose address is TLSAddr.
+func StartRedisTLS() (*Redis, error) { return startRedis(true) }
+
+func startRedis(withTLS bool) (*Redis, error) {
 	bin, err := LookBinary("redis-server")
 	if err != nil {
 		return nil, err
@@ -55,6 +68,16 @@ func StartRedis() (*Redis, error) {
 		return nil, fmt.Errorf("creating Redis directory: %w", err)
 	}
 	r := &Redis{Dir: dir, LogFile: filepath.Join(dir, "redis.log"), binPath: bin}
+	if withTLS {
+		certPEM, keyPEM, err := selfSignedServerCert("localhost")
+		if err != nil {
+			return nil, errors.Join(err, os.RemoveAll(dir))
+		}
+		r.CertFile, r.keyFile = filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+		if err := errors.Join(os.WriteFile(r.CertFile, certPEM, 0o644), os.WriteFile(r.keyFile, keyPEM, 0o600)); err != nil {
+			return nil, errors.Join(err, os.RemoveAll(dir))
+		}
+	}
 	var startErr error
 	for range serverStartAttempts {
 		port, err := freeLoopbackPort()
@@ -62,6 +85,13 @@ func StartRedis() (*Redis, error) {
 			return nil, errors.Join(err, os.RemoveAll(dir))
 		}
 		r.Port, r.Addr = port, loopbackAddr(port)
+		if withTLS {
+			tlsPort, err := freeLoopbackPort()
+			if err != nil {
+				return nil, errors.Join(err, os.RemoveAll(dir))
+			}
+			r.TLSAddr = loopbackAddr(tlsPort)
+		}
 		var retry bool
 		retry, startErr = r.start()
 		if startErr == nil {
@@ -155,7 +185,7 @@ func (r *Redis) start() (retry bool, err error) {
 }
 
 func (r *Redis) startLocked() (retry bool, err error) {
-	cmd := exec.Command(r.binPath,
+	args := []string{
 		"--port", strconv.Itoa(r.Port),
 		"--bind", "127.0.0.1",
 		"--save", "",
@@ -163,7 +193,13 @@ func (r *Redis) startLocked() (retry bool, err error) {
 		"--dir", r.Dir,
 		"--protected-mode", "no",
 		"--daemonize", "no",
-		"--logfile", "")
+		"--logfile", ""}
+	if r.TLSAddr != "" {
+		_, tlsPort, _ := net.SplitHostPort(r.TLSAddr)
+		args = append(args, "--tls-port", tlsPort, "--tls-cert-file", r.CertFile, "--tls-key-file", r.keyFile,
+			"--tls-auth-clients", "no")
+	}
+	cmd := exec.Command(r.binPath, args...)
 	cmd.Dir = r.Dir
 	proc, err := startServerProcess(cmd, r.LogFile)
 	if err != nil {

@@ -1,0 +1,121 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net/netip"
+
+	"github.com/pires/go-proxyproto"
+)
+
+// PROXY protocol (haproxy.org/download/3.0/doc/proxy-protocol.txt) tells
+// the gate the client's address when it sits behind an L4 load balancer.
+// A header is believed only from proxy_protocol.trusted_cidrs: from anyone
+// else it would let a client pick the source address the IP rules check.
+//
+// The header is read here byte-exactly, and go-proxyproto parses it. Its
+// own Conn wrapper would read ahead through a bufio.Reader, which hides
+// bytes from the check for plaintext stuffed after an SSLRequest and costs
+// a copy on every read of the session.
+const (
+	proxyV1MaxLen = 107  // the spec's bound for a v1 line, CRLF included
+	proxyV2MaxLen = 4096 // bound on v2 address and TLV bytes we accept
+)
+
+var (
+	proxyV1Sig = []byte("PROXY ")
+	proxyV2Sig = proxyproto.SIGV2
+)
+
+// mayStartProxyHeader reports whether b can be the first byte of a PROXY
+// header. Neither byte can start a PostgreSQL start-up packet (its length
+// would exceed 1 GB) or a TLS record, so the check costs no ambiguity.
+func mayStartProxyHeader(b byte) bool { return b == proxyV1Sig[0] || b == proxyV2Sig[0] }
+
+// readProxyHeader reads the PROXY header whose first byte has been read,
+// and returns the client address it carries. ok is false when the header
+// carries none to use (v2 LOCAL, as in a balancer's health check, or v1
+// UNKNOWN): the peer address stands then.
+func readProxyHeader(r io.Reader, first byte) (src netip.AddrPort, ok bool, err error) {
+	var hdr []byte
+	switch first {
+	case proxyV1Sig[0]:
+		hdr, err = readProxyV1(r, first)
+	case proxyV2Sig[0]:
+		hdr, err = readProxyV2(r, first)
+	default:
+		return src, false, errNotProxyHeader
+	}
+	if err != nil {
+		return src, false, err
+	}
+	h, err := proxyproto.Read(bufio.NewReader(bytes.NewReader(hdr)))
+	if err != nil {
+		return src, false, refuse(ReasonProtocolViolation, "malformed PROXY protocol header", err)
+	}
+	if !h.Command.IsProxy() {
+		return src, false, nil
+	}
+	tcp, _, isTCP := h.TCPAddrs()
+	if !isTCP {
+		return src, false, nil
+	}
+	ap := tcp.AddrPort()
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), true, nil
+}
+
+var errNotProxyHeader = refuse(ReasonProtocolViolation, "invalid start of connection", nil)
+
+// readProxyV1 reads a v1 line up to and including its CRLF, never more.
+func readProxyV1(r io.Reader, first byte) ([]byte, error) {
+	line := make([]byte, 1, proxyV1MaxLen)
+	line[0] = first
+	var b [1]byte
+	for len(line) < proxyV1MaxLen {
+		if _, err := io.ReadFull(r, b[:]); err != nil {
+			return nil, err
+		}
+		line = append(line, b[0])
+		if len(line) <= len(proxyV1Sig) && line[len(line)-1] != proxyV1Sig[len(line)-1] {
+			return nil, errNotProxyHeader
+		}
+		if b[0] == '\n' {
+			return line, nil
+		}
+	}
+	return nil, refuse(ReasonProtocolViolation, fmt.Sprintf("PROXY protocol v1 header longer than %d bytes", proxyV1MaxLen), nil)
+}
+
+// readProxyV2 reads the 16-byte v2 header and the address block it announces.
+func readProxyV2(r io.Reader, first byte) ([]byte, error) {
+	hdr := make([]byte, 16)
+	hdr[0] = first
+	if _, err := io.ReadFull(r, hdr[1:]); err != nil {
+		return nil, err
+	}
+	if !bytes.Equal(hdr[:len(proxyV2Sig)], proxyV2Sig) {
+		return nil, errNotProxyHeader
+	}
+	n := int(binary.BigEndian.Uint16(hdr[14:16]))
+	if n > proxyV2MaxLen {
+		return nil, refuse(ReasonProtocolViolation, fmt.Sprintf("PROXY protocol v2 header announces %d bytes, more than %d", n, proxyV2MaxLen), nil)
+	}
+	hdr = append(hdr, make([]byte, n)...)
+	if _, err := io.ReadFull(r, hdr[16:]); err != nil {
+		return nil, err
+	}
+	return hdr, nil
+}
+
+// trustedProxy reports whether peer may send a PROXY header.
+func (s *Snapshot) trustedProxy(peer netip.Addr) bool {
+	for _, p := range s.trustedProxies {
+		if p.Contains(peer) {
+			return true
+		}
+	}
+	return false
+}
