@@ -36,7 +36,8 @@ func (c *conn) admit() error {
 	if err := c.checkSource(); err != nil {
 		return err
 	}
-	id, err := c.route.Material.Verify(c.tlsConn.ConnectionState().PeerCertificates, c.srv.now())
+	c.chain = c.tlsConn.ConnectionState().PeerCertificates
+	id, err := c.route.Material.Verify(c.chain, c.srv.now())
 	c.identity = id
 	if err != nil {
 		var ve *tlsconf.VerifyError
@@ -63,18 +64,59 @@ func (c *conn) admit() error {
 	return nil
 }
 
+// recheck returns why the connection may no longer live under snap, or nil.
+// It runs the checks of admit that a reload can change (IP rules, CA bundle
+// and CRL, allowed identities, user binding, enabled) and reads only what
+// was fixed before the connection was listed as admitted, so it is safe to
+// call from another goroutine. A route that snap no longer has is not a
+// reason: its connections drain.
+func (c *conn) recheck(snap *Snapshot) *Refusal {
+	r := snap.Route(c.route.Name)
+	if r == nil {
+		return nil
+	}
+	if _, ok := r.Matcher.Lookup(c.src.Addr()); !ok {
+		return &Refusal{Reason: ReasonIPNotAllowed,
+			Msg: fmt.Sprintf("source address %s is no longer allowed for route %s", c.src.Addr(), r.Name)}
+	}
+	id, err := r.Material.Verify(c.chain, c.srv.now())
+	if err != nil {
+		var ve *tlsconf.VerifyError
+		if errors.As(err, &ve) {
+			return &Refusal{Reason: certReason(ve.Reason), Msg: ve.Error(), Err: ve.Err}
+		}
+		return refuse(ReasonCertUntrusted, "client certificate could not be verified", err)
+	}
+	if !r.Clients.Allows(id) {
+		return &Refusal{Reason: ReasonIdentityNotAllowed, Msg: r.Clients.Refusal(id)}
+	}
+	if want, ok := boundUser(r, id); ok && c.pgUser != want {
+		return &Refusal{Reason: ReasonUserMismatch,
+			Msg: fmt.Sprintf("PostgreSQL user %q is no longer the one the client certificate allows (%q)", c.pgUser, want)}
+	}
+	if !r.IsEnabled() {
+		return &Refusal{Reason: ReasonRouteDisabled, Msg: fmt.Sprintf("route %s was disabled by its operator", r.Name)}
+	}
+	return nil
+}
+
+// boundUser returns the PostgreSQL user r allows for id, if r binds one.
+func boundUser(r *Route, id tlsconf.Identity) (string, bool) {
+	if !r.PostgresUserFromCert || r.Protocol != ProtocolPostgres {
+		return "", false
+	}
+	if mapped, ok := r.PostgresUserMap[id.CommonName]; ok {
+		return mapped, true
+	}
+	return id.CommonName, true
+}
+
 // checkUser binds the PostgreSQL user to the certificate when the route
 // asks for it: the user must be the certificate's CN, or what
 // postgres_user_map maps that CN to.
 func (c *conn) checkUser() error {
-	if !c.route.PostgresUserFromCert || c.route.Protocol != ProtocolPostgres {
-		return nil
-	}
-	want := c.identity.CommonName
-	if mapped, ok := c.route.PostgresUserMap[want]; ok {
-		want = mapped
-	}
-	if c.pgUser == want && want != "" {
+	want, ok := boundUser(c.route, c.identity)
+	if !ok || (c.pgUser == want && want != "") {
 		return nil
 	}
 	return &Refusal{

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -70,10 +72,18 @@ type conn struct {
 	tlsConn  *tls.Conn
 	upstream net.Conn // set by setUpstream only
 
-	// mu guards aborted and the upstream as seen by abort, which other
-	// goroutines (drain, and later reload) call.
-	mu      sync.Mutex
-	aborted bool
+	// chain is the client's certificate chain, kept to check it again
+	// after a reload. Set before the connection is listed as admitted.
+	chain []*x509.Certificate
+
+	// mu guards aborted, cutReason, the timers and the upstream as seen by
+	// abort and cut, which other goroutines (drain, reload, expiry) call.
+	mu        sync.Mutex
+	aborted   bool
+	cutReason *Refusal
+	cutTimer  *time.Timer // aborts a cut that finds no message boundary
+	expiry    *time.Timer // cuts the connection when its certificate expires
+	cutting   atomic.Bool // a cut is pending: the copier looks for a boundary
 
 	phase     Phase
 	early     *Refusal // found before TLS, told after it
@@ -123,6 +133,15 @@ func (c *conn) run(ctx context.Context) error {
 		return err
 	}
 	c.phase = PhaseDial
+	// Listed first, then compared with the snapshot in force: a reload that
+	// swapped in between either finds this connection listed and checks it,
+	// or is seen here. Either way no connection escapes a re-check.
+	c.srv.conns.update(c)
+	if cur := c.srv.Snapshot(); cur != c.snap {
+		if ref := c.recheck(cur); ref != nil {
+			return ref
+		}
+	}
 	if err := c.dialUpstream(ctx); err != nil {
 		return err
 	}
@@ -143,7 +162,21 @@ func (c *conn) run(ctx context.Context) error {
 	m.observeClientCert(c.route.Name, c.identity)
 	c.srv.conns.update(c)
 	defer m.active.WithLabelValues(c.route.Name).Dec()
+	c.armExpiry()
 	return c.splice()
+}
+
+// armExpiry schedules the cut of the connection at its certificate's
+// NotAfter: a certificate that expires while its session is open ends it.
+func (c *conn) armExpiry() {
+	na := c.identity.NotAfter
+	if na.IsZero() {
+		return
+	}
+	t := time.AfterFunc(time.Until(na), func() { c.cut(expiryRefusal(c.identity.Serial, na)) })
+	c.mu.Lock()
+	c.expiry = t
+	c.mu.Unlock()
 }
 
 // readFirstByte reads the connection's first byte, after a PROXY header if
@@ -281,6 +314,14 @@ func (c *conn) finish(err error) {
 		c.client.Close()
 	}
 	c.nc.Close()
+	c.mu.Lock()
+	c.aborted = true // late cuts and expiry find nothing to do
+	for _, t := range []*time.Timer{c.cutTimer, c.expiry} {
+		if t != nil {
+			t.Stop()
+		}
+	}
+	c.mu.Unlock()
 	c.srv.conns.remove(c)
 	if c.admitted {
 		c.srv.releaseSlot()
@@ -361,7 +402,14 @@ func (c *conn) audit(ref *Refusal) {
 	if c.pgUser != "" {
 		fields = append(fields, zap.String("pg_user", c.pgUser), zap.String("pg_database", c.pgDB))
 	}
+	cut := c.cutRefusal()
 	switch {
+	case cut != nil:
+		m.cut.WithLabelValues(c.routeName(), cut.Reason.String()).Inc()
+		m.closed.WithLabelValues(c.routeName()).Inc()
+		fields = append(fields, zap.String("verdict", "cut"), zap.String("reason", cut.Reason.String()),
+			zap.String("message", cut.Msg), zap.Int64("bytes_up", c.bytesUp), zap.Int64("bytes_down", c.bytesDown))
+		c.srv.log.Warn("connection cut", fields...)
 	case c.cancel:
 		transport := "plaintext"
 		if c.tlsConn != nil {

@@ -2,7 +2,10 @@ package proxy
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
+	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -54,7 +57,7 @@ func TestMain(m *testing.M) {
 
 // sharedPostgres returns the package's PostgreSQL, or skips (or, under
 // SPACEGATE_REQUIRE_INTEGRATION=1, fails) the test if there is none.
-func sharedPostgres(t *testing.T) *testenv.Postgres {
+func sharedPostgres(t testing.TB) *testenv.Postgres {
 	t.Helper()
 	if shared.pg == nil {
 		if testenv.Strict() {
@@ -66,7 +69,7 @@ func sharedPostgres(t *testing.T) *testenv.Postgres {
 }
 
 // addr returns the shared upstream's address, if the YAML asks for it.
-func (sh *sharedServers) addr(t *testing.T, which string) string {
+func (sh *sharedServers) addr(t testing.TB, which string) string {
 	switch which {
 	case "pg":
 		if sh.pg == nil {
@@ -81,7 +84,7 @@ func (sh *sharedServers) addr(t *testing.T, which string) string {
 	}
 }
 
-func sharedRedis(t *testing.T) *testenv.Redis {
+func sharedRedis(t testing.TB) *testenv.Redis {
 	t.Helper()
 	if shared.redis == nil {
 		if testenv.Strict() {
@@ -113,7 +116,7 @@ type envOptions struct {
 
 // env is a running gate in front of real upstreams, with its PKI.
 type env struct {
-	t        *testing.T
+	t        testing.TB
 	dir      string
 	pki      *testenv.PKI
 	client   *testenv.ClientCert // a good client certificate
@@ -127,7 +130,7 @@ type env struct {
 	cfgPath  string
 }
 
-func newEnv(t *testing.T, o envOptions) *env {
+func newEnv(t testing.TB, o envOptions) *env {
 	t.Helper()
 	e := &env{t: t, dir: t.TempDir(), pki: o.pki}
 	if e.pki == nil {
@@ -253,7 +256,7 @@ func (e *env) shutdown(d time.Duration) error {
 }
 
 // waitFor polls cond every 20ms until it holds or d passes.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for !cond() {
@@ -281,7 +284,7 @@ func withDialFrom(src string) func(*pgx.ConnConfig) {
 
 // serverCert issues a server certificate for dnsNames and 127.0.0.1 from
 // the PKI's CA and returns its files.
-func serverCert(t *testing.T, pki *testenv.PKI, name string, dnsNames ...string) (certFile, keyFile string) {
+func serverCert(t testing.TB, pki *testenv.PKI, name string, dnsNames ...string) (certFile, keyFile string) {
 	t.Helper()
 	iss, err := pki.CA.Issue(tlsconf.IssueRequest{CommonName: dnsNames[0], DNSNames: dnsNames, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, Server: true})
 	if err != nil {
@@ -295,4 +298,17 @@ func serverCert(t *testing.T, pki *testenv.PKI, name string, dnsNames ...string)
 		t.Fatal(err)
 	}
 	return certFile, keyFile
+}
+
+func mustLeafSerial(t testing.TB, certPEM []byte) *big.Int {
+	t.Helper()
+	block, _ := pem.Decode(certPEM)
+	if block == nil {
+		t.Fatal("no PEM")
+	}
+	c, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.SerialNumber
 }

@@ -18,6 +18,9 @@ type Metrics struct {
 	refused         *prometheus.CounterVec // route, reason
 	established     *prometheus.CounterVec // route
 	closed          *prometheus.CounterVec // route
+	cut             *prometheus.CounterVec // route, reason
+	reloads         *prometheus.CounterVec // result
+	lastReload      prometheus.Gauge
 	cancels         *prometheus.CounterVec // route, result
 	active          *prometheus.GaugeVec   // route
 	rules           *prometheus.GaugeVec   // route
@@ -45,6 +48,12 @@ func NewMetrics() *Metrics {
 			Help: "Connections that passed every check and reached their upstream."}, routeLabel),
 		closed: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "connections_closed_total",
 			Help: "Established connections that have ended."}, routeLabel),
+		cut: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "connections_cut_total",
+			Help: "Live connections cut because a reload or a certificate expiry took away their right, by route and reason."}, []string{"route", "reason"}),
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "reloads_total",
+			Help: "Configuration reloads, by result (ok, error)."}, []string{"result"}),
+		lastReload: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "last_reload_success_timestamp_seconds",
+			Help: "When the configuration in force was loaded."}),
 		cancels: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "cancel_requests_total",
 			Help: "PostgreSQL CancelRequests, by route and result (forwarded, refused, failed)."}, []string{"route", "result"}),
 		active: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "connections_active",
@@ -69,7 +78,7 @@ func NewMetrics() *Metrics {
 	m.Registry.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.accepted, m.refused, m.established, m.closed, m.cancels, m.active, m.rules,
+		m.accepted, m.refused, m.established, m.closed, m.cut, m.reloads, m.lastReload, m.cancels, m.active, m.rules,
 		m.generation, m.certExpiry, m.clientExpiry, m.handshake, m.upstreamConnect, m.duration, m.bytes,
 	)
 	return m
@@ -78,6 +87,7 @@ func NewMetrics() *Metrics {
 // observeSnapshot publishes the gauges that describe a snapshot.
 func (m *Metrics) observeSnapshot(s *Snapshot) {
 	m.generation.Set(float64(s.Generation))
+	m.rules.Reset() // a removed route's gauge goes
 	m.certExpiry.Reset()
 	for _, r := range s.Routes {
 		m.rules.WithLabelValues(r.Name).Set(float64(r.Matcher.Len()))

@@ -73,12 +73,32 @@ func (r *registry) list() []ConnInfo {
 	return out
 }
 
-// closeAll aborts every live connection and returns how many there were.
-func (r *registry) closeAll() int {
+// spliced returns the connections admitted by the checks (dialling or
+// splicing), which a reload checks again.
+func (r *registry) spliced() []*conn {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for c := range r.conns {
-		c.abort()
+	var out []*conn
+	for c, info := range r.conns {
+		if info.Phase == PhaseDial.String() || info.Phase == PhaseSplice.String() {
+			out = append(out, c)
+		}
 	}
-	return len(r.conns)
+	return out
+}
+
+// cutAll cuts every live connection for reason and returns how many there
+// were. PostgreSQL sessions get their FATAL at a message boundary; the rest
+// are closed.
+func (r *registry) cutAll(reason *Refusal) int {
+	r.mu.Lock()
+	conns := make([]*conn, 0, len(r.conns))
+	for c := range r.conns {
+		conns = append(conns, c)
+	}
+	r.mu.Unlock()
+	for _, c := range conns {
+		c.cut(reason)
+	}
+	return len(conns)
 }

@@ -15,6 +15,8 @@ import (
 
 	"github.com/google/uuid"
 	"go.uber.org/zap"
+
+	"github.com/spacegate/spacegate/internal/filewatch"
 )
 
 // Options configure a Server.
@@ -27,6 +29,10 @@ type Options struct {
 	Metrics *Metrics
 	// Now returns the current time for certificate checks. If nil, time.Now.
 	Now func() time.Time
+	// PollInterval is how often the config's files are checked for changes
+	// that file events missed (network file systems). Zero means 30s;
+	// negative turns polling off.
+	PollInterval time.Duration
 }
 
 // Server is a running gate: one listener per route, the admin endpoint, and
@@ -42,8 +48,14 @@ type Server struct {
 	active  atomic.Int64 // admitted connections, against max_connections
 	wg      sync.WaitGroup
 
+	reloadMu     sync.Mutex // one reload at a time
+	watcher      *filewatch.Watcher
+	pollInterval time.Duration
+
 	mu        sync.Mutex
 	listeners map[string]net.Listener // by listen address as configured
+	acceptCtx context.Context         // while running: the context of accept loops
+	accepting sync.WaitGroup          // accept loops
 	admin     *http.Server
 	adminAddr net.Addr
 
@@ -62,11 +74,12 @@ func NewServer(opts Options) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{
-		log:       opts.Logger,
-		metrics:   opts.Metrics,
-		now:       opts.Now,
-		listeners: map[string]net.Listener{},
-		ready:     make(chan struct{}),
+		log:          opts.Logger,
+		metrics:      opts.Metrics,
+		now:          opts.Now,
+		listeners:    map[string]net.Listener{},
+		ready:        make(chan struct{}),
+		pollInterval: opts.PollInterval,
 	}
 	if s.log == nil {
 		s.log = zap.NewNop()
@@ -103,6 +116,15 @@ func (s *Server) AdminAddr() net.Addr {
 // opened is an error naming its route.
 func (s *Server) Run(ctx context.Context) error {
 	snap := s.Snapshot()
+	// The watcher starts before the listeners so that every change from
+	// here on is seen. (A change in the moment between NewServer reading
+	// the files and this line is seen at the next change or SIGHUP.)
+	if err := s.startWatching(snap); err != nil {
+		return err
+	}
+	if s.watcher != nil {
+		defer s.watcher.Close()
+	}
 	if err := s.openListeners(snap); err != nil {
 		s.closeListeners()
 		return err
@@ -113,34 +135,56 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	connCtx, cancelConns := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelConns()
-	var accepting sync.WaitGroup
 	s.mu.Lock()
+	s.acceptCtx = connCtx
 	for addr, ln := range s.listeners {
-		accepting.Add(1)
-		go func() {
-			defer accepting.Done()
-			s.acceptLoop(connCtx, addr, ln)
-		}()
+		s.startAccepting(addr, ln)
 	}
 	s.mu.Unlock()
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		if s.watcher != nil {
+			s.watch(watchCtx)
+		}
+	}()
 	close(s.ready)
 	s.log.Info("spacegate serving", zap.Int("routes", len(snap.Routes)), zap.Uint64("generation", snap.Generation))
 
 	<-ctx.Done()
+	stopWatch()
+	<-watchDone
+	s.reloadMu.Lock() // no reload opens a listener from here on
+	defer s.reloadMu.Unlock()
 	s.draining.Store(true)
+	s.mu.Lock()
+	s.acceptCtx = nil
+	s.mu.Unlock()
 	s.closeListeners()
-	accepting.Wait()
-	drain := snap.Config.Limits.DrainTimeout
+	s.accepting.Wait()
+	drain := s.Snapshot().Config.Limits.DrainTimeout
 	s.log.Info("draining", zap.Int("connections", s.conns.len()), zap.Duration("timeout", drain))
 	if !waitTimeout(&s.wg, drain) {
-		n := s.conns.closeAll()
-		s.log.Warn("drain timeout: closing connections", zap.Int("connections", n))
+		n := s.conns.cutAll(&Refusal{Reason: ReasonShutdown, Msg: "the gate is shutting down",
+			Hint: "reconnect: another replica, or this one once restarted, will serve you"})
+		s.log.Warn("drain timeout: cutting connections", zap.Int("connections", n))
 		cancelConns()
 		s.wg.Wait()
 	}
 	s.stopAdmin()
 	s.log.Info("spacegate stopped")
 	return nil
+}
+
+// startAccepting runs an accept loop for ln; s.mu must be held.
+func (s *Server) startAccepting(addr string, ln net.Listener) {
+	ctx := s.acceptCtx
+	s.accepting.Add(1)
+	go func() {
+		defer s.accepting.Done()
+		s.acceptLoop(ctx, addr, ln)
+	}()
 }
 
 func (s *Server) openListeners(snap *Snapshot) error {

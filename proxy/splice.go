@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"time"
 )
 
 // spliceBufSize is the copy buffer of each direction: one TLS record holds
@@ -44,9 +45,55 @@ func (c *conn) clientToUpstream(errc chan<- error) {
 }
 
 func (c *conn) upstreamToClient() error {
+	if c.lis.Protocol == ProtocolPostgres {
+		return c.copyPostgresToClient()
+	}
 	n, err := c.copyHalf(c.client, c.upstream)
 	c.bytesDown = n
 	return err
+}
+
+// copyPostgresToClient is upstreamToClient for PostgreSQL: it follows the
+// server's message framing so that a cut can put its FATAL between two
+// messages, never inside one.
+func (c *conn) copyPostgresToClient() error {
+	bufp := c.srv.bufs.Get().(*[]byte)
+	defer c.srv.bufs.Put(bufp)
+	buf := *bufp
+	var f pgFramer
+	for {
+		nr, rerr := c.upstream.Read(buf)
+		data := buf[:nr]
+		if c.cutting.Load() {
+			if n, ok := f.untilBoundary(data); ok {
+				nw, _ := c.client.Write(data[:n])
+				c.bytesDown += int64(nw)
+				c.sendCutNotice()
+				return errCut
+			}
+		}
+		if nr > 0 {
+			f.advance(data)
+			nw, werr := c.client.Write(data)
+			c.bytesDown += int64(nw)
+			if werr != nil {
+				return werr
+			}
+		}
+		if rerr != nil {
+			var ne net.Error
+			if errors.As(rerr, &ne) && ne.Timeout() && c.cutting.Load() {
+				// Woken by a cut in the middle of a message: read on to its end.
+				_ = c.upstream.SetReadDeadline(time.Time{})
+				continue
+			}
+			if errors.Is(rerr, io.EOF) {
+				closeWrite(c.client)
+				return nil
+			}
+			return rerr
+		}
+	}
 }
 
 // copyHalf copies src to dst until src ends, then half-closes dst. It reads

@@ -2,6 +2,9 @@ package main
 
 import (
 	"context"
+	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
@@ -40,6 +43,21 @@ func runServe(ctx context.Context, path string) error {
 	if err != nil {
 		return problemsError(err)
 	}
+	// SIGHUP reloads, as with PgBouncer, stunnel and ghostunnel; file
+	// changes reload by themselves.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				_ = srv.Reload() // logged inside
+			}
+		}
+	}()
 	if err := srv.Run(ctx); err != nil {
 		log.Error("serve failed", zap.Error(err))
 		return err
