@@ -82,6 +82,10 @@ type LimitsConfig struct {
 	HandshakeTimeout       time.Duration `yaml:"handshake_timeout"`        // default 10s
 	UpstreamConnectTimeout time.Duration `yaml:"upstream_connect_timeout"` // default 5s
 	DrainTimeout           time.Duration `yaml:"drain_timeout"`            // default 30s
+	// ShutdownDelay is how long the gate keeps accepting after SIGTERM
+	// while /readyz reports 503, so that a load balancer stops sending new
+	// connections before the listeners close. Default 0.
+	ShutdownDelay time.Duration `yaml:"shutdown_delay"`
 }
 
 // RouteConfig is one private backend exposed by the gate.
@@ -382,6 +386,7 @@ func (c *Config) validate(v *validator) {
 		{"handshake_timeout", &l.HandshakeTimeout, DefaultHandshakeTimeout},
 		{"upstream_connect_timeout", &l.UpstreamConnectTimeout, DefaultUpstreamConnectTimeout},
 		{"drain_timeout", &l.DrainTimeout, DefaultDrainTimeout},
+		{"shutdown_delay", &l.ShutdownDelay, 0},
 	} {
 		if *d.val < 0 {
 			v.addf([]any{"limits", d.key}, "limits.%s must be positive, got %s", d.key, *d.val)

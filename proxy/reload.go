@@ -48,6 +48,8 @@ func (c *Config) Files() []string {
 func (s *Server) Reload() error {
 	s.reloadMu.Lock()
 	defer s.reloadMu.Unlock()
+	s.notify("reloading")
+	defer s.notify("ready")
 	start := time.Now()
 	old := s.Snapshot()
 	snap, err := s.loadSnapshot(old)
@@ -99,12 +101,11 @@ func (s *Server) applyListeners(old, snap *Snapshot) error {
 		return nil // not running: Run opens what the snapshot names
 	}
 	opened := map[string]net.Listener{}
-	var lc net.ListenConfig
 	for _, l := range snap.Listeners {
 		if _, ok := s.listeners[l.Addr]; ok {
 			continue
 		}
-		ln, err := lc.Listen(context.Background(), "tcp", l.Addr)
+		ln, err := listen(l.Addr)
 		if err != nil {
 			for _, o := range opened {
 				o.Close()

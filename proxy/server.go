@@ -29,6 +29,10 @@ type Options struct {
 	Metrics *Metrics
 	// Now returns the current time for certificate checks. If nil, time.Now.
 	Now func() time.Time
+	// Notify, if set, is told of the server's state changes: "ready" once
+	// every listener accepts and after each reload, "reloading" before one,
+	// "stopping" when shutdown begins (for sd_notify). It must not block.
+	Notify func(state string)
 	// PollInterval is how often the config's files are checked for changes
 	// that file events missed (network file systems). Zero means 30s;
 	// negative turns polling off.
@@ -48,6 +52,7 @@ type Server struct {
 	active  atomic.Int64 // admitted connections, against max_connections
 	wg      sync.WaitGroup
 
+	notify       func(string)
 	reloadMu     sync.Mutex // one reload at a time
 	watcher      *filewatch.Watcher
 	pollInterval time.Duration
@@ -80,6 +85,10 @@ func NewServer(opts Options) (*Server, error) {
 		listeners:    map[string]net.Listener{},
 		ready:        make(chan struct{}),
 		pollInterval: opts.PollInterval,
+		notify:       opts.Notify,
+	}
+	if s.notify == nil {
+		s.notify = func(string) {}
 	}
 	if s.log == nil {
 		s.log = zap.NewNop()
@@ -150,14 +159,22 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}()
 	close(s.ready)
+	s.notify("ready")
 	s.log.Info("spacegate serving", zap.Int("routes", len(snap.Routes)), zap.Uint64("generation", snap.Generation))
 
 	<-ctx.Done()
+	s.notify("stopping")
+	s.draining.Store(true) // /readyz says 503 from here on
+	if d := s.Snapshot().Config.Limits.ShutdownDelay; d > 0 {
+		// Keep accepting while the load balancer notices: new connections
+		// still work, and go elsewhere once it has.
+		s.log.Info("shutting down: not ready, still accepting", zap.Duration("shutdown_delay", d))
+		time.Sleep(d)
+	}
 	stopWatch()
 	<-watchDone
 	s.reloadMu.Lock() // no reload opens a listener from here on
 	defer s.reloadMu.Unlock()
-	s.draining.Store(true)
 	s.mu.Lock()
 	s.acceptCtx = nil
 	s.mu.Unlock()
@@ -188,9 +205,8 @@ func (s *Server) startAccepting(addr string, ln net.Listener) {
 }
 
 func (s *Server) openListeners(snap *Snapshot) error {
-	var lc net.ListenConfig
 	for _, l := range snap.Listeners {
-		ln, err := lc.Listen(context.Background(), "tcp", l.Addr)
+		ln, err := listen(l.Addr)
 		if err != nil {
 			names := make([]string, len(l.Routes))
 			for i, r := range l.Routes {
