@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -78,8 +79,15 @@ func (s *Server) isReady() bool {
 	}
 }
 
-func (s *Server) adminHandler() http.Handler {
+func (s *Server) adminHandler(withPprof bool) http.Handler {
 	mux := http.NewServeMux()
+	if withPprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
@@ -100,7 +108,8 @@ func (s *Server) adminHandler() http.Handler {
 	return mux
 }
 
-func (s *Server) startAdmin(addr string) error {
+func (s *Server) startAdmin(ac AdminConfig) error {
+	addr := ac.Listen
 	if addr == "" {
 		return nil
 	}
@@ -108,7 +117,7 @@ func (s *Server) startAdmin(addr string) error {
 	if err != nil {
 		return fmt.Errorf("admin: cannot listen on %s: %w", addr, err)
 	}
-	srv := &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: s.adminHandler(ac.Pprof), ReadHeaderTimeout: 5 * time.Second}
 	s.mu.Lock()
 	s.admin = srv
 	s.adminAddr = ln.Addr()

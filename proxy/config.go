@@ -40,6 +40,9 @@ type Config struct {
 // AdminConfig is the admin HTTP endpoint. An empty Listen disables it.
 type AdminConfig struct {
 	Listen string `yaml:"listen"`
+	// Pprof serves Go's profiler under /debug/pprof/ on the admin address.
+	// Off by default: profiles show internals to whoever reaches it.
+	Pprof bool `yaml:"pprof"`
 }
 
 // LogConfig selects the log level and encoding.
@@ -446,10 +449,10 @@ func (c *Config) validate(v *validator) {
 		if r.AllowedClients != nil && len(r.AllowedClients) == 0 {
 			v.addf(at("allowed_clients"), "route %q: allowed_clients is empty, so nobody could connect; remove the key for the default (certificates issued for this route) or list patterns", r.Name)
 		}
-		if (r.PostgresUserFromCert || r.PostgresUserMap != nil) && r.Protocol != ProtocolPostgres {
+		if (r.PostgresUserFromCert || len(r.PostgresUserMap) > 0) && r.Protocol != ProtocolPostgres {
 			v.addf(at("postgres_user_from_cert"), "route %q: postgres_user_from_cert applies to postgres routes only", r.Name)
 		}
-		if r.PostgresUserMap != nil && !r.PostgresUserFromCert {
+		if len(r.PostgresUserMap) > 0 && !r.PostgresUserFromCert {
 			v.addf(at("postgres_user_map"), "route %q: postgres_user_map needs postgres_user_from_cert: true", r.Name)
 		}
 		if r.Upstream == "" {
@@ -517,6 +520,17 @@ func (c *Config) validateListeners(v *validator) {
 			continue
 		}
 		first := c.Routes[idx[0]]
+		sharing := false // has the user set up SNI sharing at all?
+		for _, i := range idx {
+			sharing = sharing || len(c.Routes[i].ServerNames) > 0 || c.Routes[i].Default
+		}
+		if !sharing {
+			for _, i := range idx[1:] {
+				v.addf([]any{"routes", i, "listen"}, "route %q: listen address %s is already used by route %q; to share it, set server_names (SNI) on each route, or default: true on one",
+					c.Routes[i].Name, addr, first.Name)
+			}
+			continue
+		}
 		claimed := map[string]string{}
 		defaults := 0
 		for k, i := range idx {
@@ -533,7 +547,7 @@ func (c *Config) validateListeners(v *validator) {
 				defaults++
 			}
 			if len(r.ServerNames) == 0 && !r.Default {
-				v.addf(at, "route %q shares listen address %s with route %q: set server_names (SNI) on each, or default: true on one", r.Name, addr, other.Name)
+				v.addf(at, "route %q shares listen address %s with route %q: set server_names (SNI) on it too, or default: true", r.Name, addr, other.Name)
 			}
 			for _, n := range r.ServerNames {
 				n = strings.ToLower(n)

@@ -52,7 +52,7 @@ func TestParseConfigProblems(t *testing.T) {
     listen: 127.0.0.1:6432
     upstream: 127.0.0.1:6379
     ip_rules_file: rules/db.yaml
-`, []string{`c.yaml:11: route name "db" is used twice (also on line 6)`, "c.yaml:13: route \"db\": listen address 127.0.0.1:6432 is shared with route \"db\", which speaks postgres", "c.yaml:13: route \"db\" shares listen address 127.0.0.1:6432 with route \"db\": set server_names"}},
+`, []string{`c.yaml:11: route name "db" is used twice (also on line 6)`, `c.yaml:13: route "db": listen address 127.0.0.1:6432 is already used by route "db"; to share it, set server_names (SNI) on each route, or default: true on one`}},
 		{"bad protocol and addresses", `tls: {cert_file: a, key_file: b, client_ca_file: c}
 routes:
   - name: x
@@ -71,7 +71,13 @@ routes:
     listen: 127.0.0.1:6432
     upstream: 127.0.0.1:5433
     ip_rules_file: r
-`, []string{`c.yaml:8: route "db" shares listen address 127.0.0.1:6432 with route "db2": set server_names (SNI) on each, or default: true on one`}},
+`, []string{`c.yaml:13: route "db2": listen address 127.0.0.1:6432 is already used by route "db"`}},
+		{"shared listener, one route without names", minimalConfig + "    server_names: [a.test]\n" + `  - name: db2
+    protocol: postgres
+    listen: 127.0.0.1:6432
+    upstream: 127.0.0.1:5433
+    ip_rules_file: r
+`, []string{`c.yaml:14: route "db2" shares listen address 127.0.0.1:6432 with route "db": set server_names (SNI) on it too, or default: true`}},
 		{"shared listener: mixed protocols, name claimed twice, two defaults", `tls: {cert_file: a, key_file: b, client_ca_file: c}
 routes:
   - {name: a, protocol: postgres, listen: "127.0.0.1:1", server_names: [x.test], default: true, upstream: "h:1", ip_rules_file: r}

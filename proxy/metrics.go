@@ -1,9 +1,13 @@
 package proxy
 
 import (
+	"regexp"
+	"sort"
+	"sync"
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	dto "github.com/prometheus/client_model/go"
 
 	"github.com/spacegate/spacegate/tlsconf"
 )
@@ -13,6 +17,7 @@ import (
 // several servers (in tests) never collide.
 type Metrics struct {
 	Registry *prometheus.Registry
+	own      []prometheus.Collector // the spacegate_ collectors
 
 	accepted        prometheus.Counter
 	refused         *prometheus.CounterVec // route, reason
@@ -26,7 +31,7 @@ type Metrics struct {
 	rules           *prometheus.GaugeVec   // route
 	generation      prometheus.Gauge
 	certExpiry      *prometheus.GaugeVec // kind: server|ca, route
-	clientExpiry    *prometheus.GaugeVec // route, identity
+	clientExpiry    *clientExpiryCollector
 	handshake       *prometheus.HistogramVec
 	upstreamConnect *prometheus.HistogramVec
 	duration        *prometheus.HistogramVec
@@ -64,8 +69,14 @@ func NewMetrics() *Metrics {
 			Help: "Generation of the configuration in force; starts at 1."}),
 		certExpiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "cert_expiry_timestamp_seconds",
 			Help: "Expiry time of the server certificate and of each trusted CA, by route."}, []string{"route", "kind", "subject"}),
-		clientExpiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "client_cert_expiry_timestamp_seconds",
-			Help: "Expiry time of the nearest-expiring client certificate seen per route and identity (URI SAN, else CN)."}, []string{"route", "identity"}),
+		clientExpiry: &clientExpiryCollector{
+			desc: prometheus.NewDesc(ns+"_client_cert_expiry_timestamp_seconds",
+				"Expiry time of the nearest-expiring client certificate admitted per route and identity (URI SAN, else CN) in the last 24 hours.",
+				[]string{"route", "identity"}, nil),
+			seen: map[[2]string]clientSeen{},
+			ttl:  clientExpiryTTL,
+			now:  time.Now,
+		},
 		handshake: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: "handshake_seconds",
 			Help: "Time from accept until every check has passed.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, routeLabel),
 		upstreamConnect: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: "upstream_connect_seconds",
@@ -75,13 +86,35 @@ func NewMetrics() *Metrics {
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "bytes_total",
 			Help: "Bytes spliced, by route and direction (upstream: client to upstream; client: upstream to client)."}, []string{"route", "direction"}),
 	}
-	m.Registry.MustRegister(
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	m.own = []prometheus.Collector{
 		m.accepted, m.refused, m.established, m.closed, m.cut, m.reloads, m.lastReload, m.cancels, m.active, m.rules,
 		m.generation, m.certExpiry, m.clientExpiry, m.handshake, m.upstreamConnect, m.duration, m.bytes,
-	)
+	}
+	m.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.Registry.MustRegister(m.own...)
 	return m
+}
+
+var fqName = regexp.MustCompile(`fqName: "([^"]+)"`)
+
+// Names returns the name of every spacegate_ metric the gate exports, so
+// that dashboards and alerts can be checked against it.
+func (m *Metrics) Names() []string {
+	ch := make(chan *prometheus.Desc, len(m.own))
+	go func() {
+		for _, c := range m.own {
+			c.Describe(ch)
+		}
+		close(ch)
+	}()
+	var out []string
+	for d := range ch {
+		if sm := fqName.FindStringSubmatch(d.String()); sm != nil {
+			out = append(out, sm[1])
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 // observeSnapshot publishes the gauges that describe a snapshot.
@@ -107,9 +140,7 @@ func (m *Metrics) observeSnapshot(s *Snapshot) {
 	}
 }
 
-// observeClientCert records the expiry of an admitted client certificate,
-// keeping per identity the nearest one seen, so that an alert fires for
-// the certificate that will fail first.
+// observeClientCert records the expiry of an admitted client certificate.
 func (m *Metrics) observeClientCert(route string, id tlsconf.Identity) {
 	name := id.CommonName
 	if len(id.URIs) > 0 {
@@ -118,17 +149,54 @@ func (m *Metrics) observeClientCert(route string, id tlsconf.Identity) {
 	if name == "" || id.NotAfter.IsZero() {
 		return
 	}
-	g := m.clientExpiry.WithLabelValues(route, name)
-	exp := float64(id.NotAfter.Unix())
-	if cur := gaugeValue(g); cur == 0 || exp < cur {
-		g.Set(exp)
-	}
+	m.clientExpiry.observe(route, name, id.NotAfter)
 }
 
-func gaugeValue(g prometheus.Gauge) float64 {
-	var pb dto.Metric
-	if err := g.Write(&pb); err != nil {
-		return 0
+// clientExpiryTTL is how long an identity stays in the client expiry metric
+// after its last connection. Without a bound, the identity of a replaced
+// certificate would keep an expiry alert firing forever.
+const clientExpiryTTL = 24 * time.Hour
+
+// clientExpiryCollector exports, per route and identity, the nearest client
+// certificate expiry seen, for identities seen within ttl. Safe for
+// concurrent use.
+type clientExpiryCollector struct {
+	desc *prometheus.Desc
+	ttl  time.Duration
+	now  func() time.Time
+
+	mu   sync.Mutex
+	seen map[[2]string]clientSeen
+}
+
+type clientSeen struct {
+	notAfter time.Time // the nearest expiry seen for the identity
+	lastSeen time.Time
+}
+
+func (c *clientExpiryCollector) observe(route, identity string, notAfter time.Time) {
+	k := [2]string{route, identity}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	v, ok := c.seen[k]
+	if !ok || notAfter.Before(v.notAfter) {
+		v.notAfter = notAfter
 	}
-	return pb.GetGauge().GetValue()
+	v.lastSeen = c.now()
+	c.seen[k] = v
+}
+
+func (c *clientExpiryCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *clientExpiryCollector) Collect(ch chan<- prometheus.Metric) {
+	now := c.now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k, v := range c.seen {
+		if now.Sub(v.lastSeen) > c.ttl {
+			delete(c.seen, k)
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(v.notAfter.Unix()), k[0], k[1])
+	}
 }

@@ -138,7 +138,7 @@ func (s *Server) Run(ctx context.Context) error {
 		s.closeListeners()
 		return err
 	}
-	if err := s.startAdmin(snap.Config.Admin.Listen); err != nil {
+	if err := s.startAdmin(snap.Config.Admin); err != nil {
 		s.closeListeners()
 		return err
 	}

@@ -6,14 +6,12 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"math/big"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/spf13/cobra"
 
 	"github.com/spacegate/spacegate/allowlist"
@@ -57,7 +55,7 @@ func runQuickstart(ctx context.Context, w io.Writer, dir string, serve bool) err
 		return err
 	}
 	qs := quickstart{dir: dir, w: w}
-	if err := qs.make(); err != nil {
+	if err := qs.make(ctx); err != nil {
 		return err
 	}
 	qs.printHowTo()
@@ -78,8 +76,10 @@ func (q quickstart) path(elem ...string) string {
 }
 
 // make creates what is missing and reuses what exists, so that running
-// quickstart twice keeps the certificates clients already hold.
-func (q quickstart) make() error {
+// quickstart twice keeps the certificates clients already hold. It goes
+// through the code of `ca init`, `certs create`, `certs download` and
+// `ip-rules create`, so that the dev setup is made the way a real one is.
+func (q quickstart) make(ctx context.Context) error {
 	for _, d := range []string{"pki", "client", "rules"} {
 		if err := os.MkdirAll(q.path(d), 0o755); err != nil {
 			return err
@@ -89,111 +89,111 @@ func (q quickstart) make() error {
 	if err := os.Chmod(q.path("pki"), 0o700); err != nil {
 		return err
 	}
-	ca, err := q.ca()
-	if err != nil {
+	store := &tlsconf.CertStore{Dir: q.path("pki")}
+	if err := q.ca(ctx, store); err != nil {
 		return err
 	}
-	if err := q.serverCert(ca); err != nil {
+	if err := q.serverCert(ctx, store); err != nil {
 		return err
 	}
-	if err := q.clientBundle(ca); err != nil {
+	if err := q.clientBundle(ctx, store); err != nil {
 		return err
-	}
-	if !exists(q.path("pki", "ca.crl")) {
-		now := time.Now()
-		crl, err := ca.CRL(nil, big.NewInt(1), now, now.AddDate(0, 1, 0))
-		if err != nil {
-			return err
-		}
-		if err := tlsconf.WriteFileAtomic(q.path("pki", "ca.crl"), crl, 0o644); err != nil {
-			return err
-		}
 	}
 	for _, route := range []string{qsPostgresRoute, qsRedisRoute} {
-		if err := q.rules(route); err != nil {
+		if err := q.rules(ctx, route); err != nil {
 			return err
 		}
 	}
 	return q.config()
 }
 
-func (q quickstart) ca() (*tlsconf.CA, error) {
-	certFile, keyFile := q.path("pki", "ca.crt"), q.path("pki", "ca.key")
-	if exists(certFile) {
-		return tlsconf.LoadCA(certFile, keyFile)
+func (q quickstart) ca(ctx context.Context, store *tlsconf.CertStore) error {
+	if exists(store.CAFile()) {
+		if _, err := store.CA(); err != nil {
+			return err
+		}
+		if !exists(store.CRLFile()) {
+			return store.WriteCRL(ctx)
+		}
+		return nil
 	}
-	ca, err := tlsconf.NewCA("spacegate dev space CA", tlsconf.KeyECDSAP256, 10*365*24*time.Hour)
+	ca, err := store.InitCA(ctx, tlsconf.CAOptions{CommonName: "spacegate dev space CA"})
 	if err != nil {
-		return nil, err
+		return err
 	}
-	if err := ca.WriteFiles(certFile, keyFile); err != nil {
-		return nil, err
-	}
-	fmt.Fprintf(q.w, "created dev space CA %s\n", certFile)
-	return ca, nil
+	fmt.Fprintf(q.w, "created dev space CA %s\n", store.CAFile())
+	return audit(ctx, store.Dir, auditEntry{Action: "ca.init", Via: "quickstart", Subject: ca.Cert.Subject.String(),
+		Serial: tlsconf.FormatSerial(ca.Cert.SerialNumber), ExpiresAt: ca.Cert.NotAfter})
 }
 
-func (q quickstart) serverCert(ca *tlsconf.CA) error {
+func (q quickstart) serverCert(ctx context.Context, store *tlsconf.CertStore) error {
 	certFile, keyFile := q.path("pki", "server.crt"), q.path("pki", "server.key")
 	if exists(certFile) && exists(keyFile) {
 		return nil
 	}
-	iss, err := ca.Issue(tlsconf.IssueRequest{
-		CommonName:  "localhost",
-		DNSNames:    []string{"localhost"},
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("::1")},
-		Server:      true,
-	})
-	if err != nil {
-		return err
-	}
-	if err := writePair(certFile, iss.CertPEM, keyFile, iss.KeyPEM); err != nil {
+	// Half a pair is of no use; make both again.
+	os.Remove(certFile)
+	os.Remove(keyFile)
+	if _, err := store.IssueServer(ctx, []string{"localhost", "127.0.0.1", "::1"}, certFile, keyFile); err != nil {
 		return err
 	}
 	fmt.Fprintf(q.w, "created server certificate %s (localhost, 127.0.0.1, ::1)\n", certFile)
 	return nil
 }
 
-// clientBundle writes postgresql.crt, postgresql.key and root.crt, as the
-// managed platform names them. root.crt is what clients need to verify the
-// gate's server certificate: here the dev CA signed it.
-func (q quickstart) clientBundle(ca *tlsconf.CA) error {
-	certFile, keyFile := q.path("client", "postgresql.crt"), q.path("client", "postgresql.key")
-	if !exists(certFile) || !exists(keyFile) {
-		iss, err := ca.Issue(tlsconf.IssueRequest{CommonName: "dev-client"})
-		if err != nil {
-			return err
-		}
-		if err := writePair(certFile, append(iss.CertPEM, ca.CertPEM...), keyFile, iss.KeyPEM); err != nil {
-			return err
-		}
-		fmt.Fprintf(q.w, "created client certificate %s (serial %s, expires %s)\n",
-			certFile, tlsconf.FormatSerial(iss.Cert.SerialNumber), iss.Cert.NotAfter.UTC().Format(time.RFC3339))
+// clientBundle makes one client certificate for both routes and writes
+// postgresql.crt, postgresql.key, root.crt and postgresql.pk8, as `certs
+// download` names them. root.crt is what clients need to verify the gate's
+// server certificate: here the dev CA signed it.
+func (q quickstart) clientBundle(ctx context.Context, store *tlsconf.CertStore) error {
+	files := newClientFiles(q.path("client"), "", true)
+	roots, err := serverRoots(q.path("pki", "server.crt"), store.CAFile())
+	if err != nil {
+		return err
 	}
-	if !exists(q.path("client", "root.crt")) {
-		return tlsconf.WriteFileAtomic(q.path("client", "root.crt"), ca.CertPEM, 0o644)
+	if exists(files.Cert) && exists(files.Key) {
+		if !exists(files.Root) {
+			return tlsconf.WriteFileAtomic(files.Root, roots, 0o644)
+		}
+		return nil
 	}
-	return nil
+	cc, err := store.Create(ctx, tlsconf.ClientRequest{Routes: []string{qsPostgresRoute, qsRedisRoute}, Name: "dev-client"})
+	if err != nil {
+		return err
+	}
+	b, err := store.ReadClient(cc.ID)
+	if err != nil {
+		return err
+	}
+	if err := files.write(b, roots); err != nil {
+		return err
+	}
+	fmt.Fprintf(q.w, "created client certificate %s (id %s, serial %s, expires %s)\n",
+		files.Cert, cc.ID, cc.Serial, cc.ExpiresAt.Format(time.RFC3339))
+	return audit(ctx, store.Dir, auditEntry{Action: "cert.create", Via: "quickstart", Routes: cc.Routes, ID: cc.ID,
+		Name: cc.Name, Serial: cc.Serial, ExpiresAt: cc.ExpiresAt})
 }
 
-func (q quickstart) rules(route string) error {
+func (q quickstart) rules(ctx context.Context, route string) error {
 	file := q.path("rules", route+".yaml")
 	if exists(file) {
 		return nil
 	}
-	now := time.Now().UTC().Truncate(time.Second)
-	var rs allowlist.Rules
+	store := &allowlist.Store{Path: file}
 	for _, r := range []struct{ cidr, desc string }{
 		{"127.0.0.1/32", "loopback (IPv4), made by quickstart"},
 		{"::1/128", "loopback (IPv6), made by quickstart"},
 	} {
-		rs.Rules = append(rs.Rules, allowlist.Rule{ID: uuid.NewString(), CIDR: mustPrefix(r.cidr), Description: r.desc, CreatedAt: now})
+		rule, err := store.Create(ctx, netip.MustParsePrefix(r.cidr), r.desc)
+		if err != nil {
+			return err
+		}
+		if err := audit(ctx, q.path("pki"), auditEntry{Action: "ip_rule.create", Via: "quickstart", Route: route,
+			ID: rule.ID, CIDR: r.cidr, Description: r.desc}); err != nil {
+			return err
+		}
 	}
-	data, err := rs.Marshal()
-	if err != nil {
-		return err
-	}
-	return tlsconf.WriteFileAtomic(file, data, 0o644)
+	return nil
 }
 
 func (q quickstart) config() error {
@@ -255,16 +255,7 @@ Status: curl http://%s/v1/status   Metrics: curl http://%s/metrics
 `, pgPort, crt, key, root, crt, key, root, redisPort, crt, key, root, pgPort, qsAdminListen, qsAdminListen)
 }
 
-func writePair(certFile string, certPEM []byte, keyFile string, keyPEM []byte) error {
-	if err := tlsconf.WriteFileAtomic(keyFile, keyPEM, 0o600); err != nil {
-		return err
-	}
-	return tlsconf.WriteFileAtomic(certFile, certPEM, 0o644)
-}
-
 func exists(path string) bool {
 	_, err := os.Stat(path)
 	return !errors.Is(err, fs.ErrNotExist)
 }
-
-func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }

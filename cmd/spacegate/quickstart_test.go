@@ -190,6 +190,18 @@ func TestQuickstartCertificates(t *testing.T) {
 	if id.CommonName == "" {
 		t.Errorf("client certificate identity has no common name: %+v", id)
 	}
+	// One client bundle for both routes: a URI SAN of each, as `certs
+	// create` makes them, so that each route accepts it by default.
+	for _, route := range []string{qsPostgresRoute, qsRedisRoute} {
+		want := "spiffe://spacegate/route/" + route + "/client/"
+		found := false
+		for _, u := range chain[0].URIs {
+			found = found || strings.HasPrefix(u.String(), want)
+		}
+		if !found {
+			t.Errorf("quickstart client certificate URI SANs %v lack %s...", chain[0].URIs, want)
+		}
+	}
 
 	server := readCerts(t, p("pki/server.crt"))[0]
 	if !slices.Contains(server.DNSNames, "localhost") {

@@ -33,6 +33,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitOK
 	}
 	fmt.Fprintf(stderr, "spacegate: %v\n", err)
+	var he hintError
+	if errors.As(err, &he) {
+		fmt.Fprintf(stderr, "hint: %s\n", he.hint)
+	}
 	var ue usageError
 	if errors.As(err, &ue) {
 		fmt.Fprintln(stderr, "run 'spacegate help' for usage")
@@ -63,6 +67,9 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		newServeCmd(),
 		newCheckCmd(),
 		newQuickstartCmd(),
+		newCACmd(),
+		newCertsCmd(),
+		newIPRulesCmd(),
 		newVersionCmd(),
 	)
 	return root

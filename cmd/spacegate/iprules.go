@@ -1,0 +1,280 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/spacegate/spacegate/allowlist"
+	"github.com/spacegate/spacegate/proxy"
+)
+
+// ruleWait is how long create and delete wait for the running gate to
+// show the change before they print what it shows then.
+const ruleWait = 2 * time.Second
+
+// ipRulesFlags are the flags shared by the ip-rules commands.
+type ipRulesFlags struct {
+	config string
+	admin  string
+	json   bool
+}
+
+func (f *ipRulesFlags) add(cmd *cobra.Command, withJSON bool) {
+	configFlag(cmd, &f.config)
+	cmd.Flags().StringVar(&f.admin, "admin", "", "admin endpoint of the running gate, to show rule status (default from admin.listen)")
+	if withJSON {
+		cmd.Flags().BoolVar(&f.json, "json", false, "print JSON")
+	}
+}
+
+func newIPRulesCmd() *cobra.Command {
+	return newGroupCmd("ip-rules", "Create, list, get and delete the IP rules of a route",
+		newIPRulesCreateCmd(), newIPRulesListCmd(), newIPRulesGetCmd(), newIPRulesDeleteCmd())
+}
+
+func newIPRulesCreateCmd() *cobra.Command {
+	var f ipRulesFlags
+	var cidr, desc string
+	cmd := &cobra.Command{
+		Use:   "create ROUTE --cidr CIDR --description TEXT",
+		Short: "Allow a CIDR block on a route",
+		Long: "Add an IP rule to the route's rules file. A single address is written x.x.x.x/32.\n" +
+			"The running gate reloads the file; the rule shows \"authorizing\" until the gate has it in force,\n" +
+			"then \"authorized\".",
+		Args: exactArgs(1, "one argument, ROUTE"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := requireFlags(cmd, "cidr", "description"); err != nil {
+				return err
+			}
+			return runIPRulesCreate(cmd.Context(), cmd.OutOrStdout(), f, args[0], cidr, desc)
+		},
+	}
+	f.add(cmd, true)
+	cmd.Flags().StringVar(&cidr, "cidr", "", "the block to allow, such as 1.2.3.4/32 or 2001:db8::/48")
+	cmd.Flags().StringVar(&desc, "description", "", "whose block it is, such as \"My Office IP\"")
+	return cmd
+}
+
+func newIPRulesListCmd() *cobra.Command {
+	var f ipRulesFlags
+	cmd := &cobra.Command{
+		Use:   "list ROUTE",
+		Short: "List the IP rules of a route",
+		Args:  exactArgs(1, "one argument, ROUTE"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runIPRulesList(cmd.Context(), cmd.OutOrStdout(), f, args[0])
+		},
+	}
+	f.add(cmd, true)
+	return cmd
+}
+
+func newIPRulesGetCmd() *cobra.Command {
+	var f ipRulesFlags
+	var id string
+	cmd := &cobra.Command{
+		Use:   "get ROUTE --id ID",
+		Short: "Show one IP rule and whether the gate has it in force",
+		Args:  exactArgs(1, "one argument, ROUTE"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := requireFlags(cmd, "id"); err != nil {
+				return err
+			}
+			return runIPRulesGet(cmd.Context(), cmd.OutOrStdout(), f, args[0], id)
+		},
+	}
+	f.add(cmd, true)
+	cmd.Flags().StringVar(&id, "id", "", "the rule's id")
+	return cmd
+}
+
+func newIPRulesDeleteCmd() *cobra.Command {
+	var f ipRulesFlags
+	var id string
+	cmd := &cobra.Command{
+		Use:   "delete ROUTE --id ID",
+		Short: "Remove an IP rule from a route",
+		Args:  exactArgs(1, "one argument, ROUTE"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := requireFlags(cmd, "id"); err != nil {
+				return err
+			}
+			return runIPRulesDelete(cmd.Context(), cmd.OutOrStdout(), f, args[0], id)
+		},
+	}
+	f.add(cmd, true)
+	cmd.Flags().StringVar(&id, "id", "", "the rule's id")
+	return cmd
+}
+
+// ruleView is a rule as the ip-rules commands print it; the JSON keys and
+// the text lines are those of the managed platform's CLI.
+type ruleView struct {
+	CIDR        string    `json:"cidr"`
+	CreatedAt   time.Time `json:"created_at"`
+	Description string    `json:"description"`
+	ID          string    `json:"id"`
+	Status      string    `json:"status"`
+	UpdatedAt   time.Time `json:"updated_at"`
+}
+
+func viewRule(r allowlist.Rule, status string) ruleView {
+	updated := r.UpdatedAt
+	if updated.IsZero() {
+		updated = r.CreatedAt
+	}
+	return ruleView{CIDR: r.CIDR.String(), CreatedAt: r.CreatedAt, Description: r.Description, ID: r.ID, Status: status, UpdatedAt: updated}
+}
+
+// print writes v as "key: value" lines, keys in alphabetical order.
+func (v ruleView) print(w io.Writer) {
+	fmt.Fprintf(w, "cidr: %s\ncreated_at: %s\ndescription: %s\nid: %s\nstatus: %s\nupdated_at: %s\n",
+		v.CIDR, showTime(v.CreatedAt), v.Description, v.ID, v.Status, showTime(v.UpdatedAt))
+}
+
+func (v ruleView) write(w io.Writer, asJSON bool) error {
+	if asJSON {
+		return writeJSON(w, v)
+	}
+	v.print(w)
+	return nil
+}
+
+// ruleStore returns the rules store of a route.
+func ruleStore(r *proxy.RouteConfig) *allowlist.Store {
+	return &allowlist.Store{Path: r.IPRulesFile, MaxRules: r.MaxIPRules}
+}
+
+func runIPRulesCreate(ctx context.Context, w io.Writer, f ipRulesFlags, routeName, cidrText, desc string) error {
+	e, err := loadEnv(f.config)
+	if err != nil {
+		return err
+	}
+	route, err := e.route(routeName)
+	if err != nil {
+		return err
+	}
+	cidr, err := parseRuleCIDR(cidrText)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(route.IPRulesFile), 0o755); err != nil {
+		return err
+	}
+	rule, err := ruleStore(route).Create(ctx, cidr, desc)
+	switch {
+	case errors.Is(err, allowlist.ErrDuplicateCIDR):
+		return withHint(err, "see the rules with: spacegate ip-rules list %s", routeName)
+	case errors.Is(err, allowlist.ErrTooManyRules):
+		return withHint(fmt.Errorf("route %s already has %d IP rules, its max_ip_rules", routeName, route.MaxIPRules),
+			"delete one with `spacegate ip-rules delete %s --id ID`, or raise max_ip_rules of the route in %s", routeName, e.path)
+	case err != nil:
+		return err
+	}
+	if err := audit(ctx, e.pkiDir, auditEntry{Action: "ip_rule.create", Route: routeName, ID: rule.ID, CIDR: rule.CIDR.String(), Description: desc}); err != nil {
+		return err
+	}
+	base := e.adminURL(f.admin)
+	st := awaitRule(ctx, base, ruleWait, func(g gateRules) string { return g.status(routeName, rule.ID) }, ruleAuthorized)
+	return viewRule(rule, st).write(w, f.json)
+}
+
+// parseRuleCIDR parses the --cidr of a new rule, with the fix as a hint.
+func parseRuleCIDR(s string) (netip.Prefix, error) {
+	cidr, err := allowlist.ParseCIDR(s)
+	if err == nil {
+		return cidr, nil
+	}
+	if a, aerr := netip.ParseAddr(s); aerr == nil && a.Zone() == "" {
+		return netip.Prefix{}, withHint(fmt.Errorf("cidr %s has no prefix length", s), "did you mean --cidr %s?", netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+	}
+	if p, perr := netip.ParsePrefix(s); perr == nil && p.Masked() != p {
+		return netip.Prefix{}, withHint(fmt.Errorf("cidr %s has host bits set", s), "did you mean --cidr %s?", p.Masked())
+	}
+	return netip.Prefix{}, withHint(err, "a single address is written x.x.x.x/32 (IPv4) or x:x::x/128 (IPv6)")
+}
+
+func runIPRulesList(ctx context.Context, w io.Writer, f ipRulesFlags, routeName string) error {
+	e, err := loadEnv(f.config)
+	if err != nil {
+		return err
+	}
+	route, err := e.route(routeName)
+	if err != nil {
+		return err
+	}
+	rules, err := ruleStore(route).Load()
+	if err != nil {
+		return err
+	}
+	g := fetchGateRules(ctx, e.adminURL(f.admin))
+	views := []ruleView{}
+	for _, r := range rules.Rules {
+		views = append(views, viewRule(r, g.status(routeName, r.ID)))
+	}
+	if f.json {
+		return writeJSON(w, views)
+	}
+	if len(views) == 0 {
+		fmt.Fprintf(w, "route %s has no IP rules: nobody can connect\n", routeName)
+		return nil
+	}
+	tw := newTable(w)
+	row(tw, "id", "cidr", "status", "created_at", "description")
+	for _, v := range views {
+		row(tw, v.ID, v.CIDR, v.Status, showTime(v.CreatedAt), v.Description)
+	}
+	return tw.Flush()
+}
+
+func runIPRulesGet(ctx context.Context, w io.Writer, f ipRulesFlags, routeName, id string) error {
+	e, err := loadEnv(f.config)
+	if err != nil {
+		return err
+	}
+	route, err := e.route(routeName)
+	if err != nil {
+		return err
+	}
+	rule, err := ruleStore(route).Get(id)
+	if errors.Is(err, allowlist.ErrRuleNotFound) {
+		return withHint(err, "see the rules with: spacegate ip-rules list %s", routeName)
+	}
+	if err != nil {
+		return err
+	}
+	g := fetchGateRules(ctx, e.adminURL(f.admin))
+	return viewRule(rule, g.status(routeName, rule.ID)).write(w, f.json)
+}
+
+func runIPRulesDelete(ctx context.Context, w io.Writer, f ipRulesFlags, routeName, id string) error {
+	e, err := loadEnv(f.config)
+	if err != nil {
+		return err
+	}
+	route, err := e.route(routeName)
+	if err != nil {
+		return err
+	}
+	rule, err := ruleStore(route).Delete(ctx, id)
+	if errors.Is(err, allowlist.ErrRuleNotFound) {
+		return withHint(err, "see the rules with: spacegate ip-rules list %s", routeName)
+	}
+	if err != nil {
+		return err
+	}
+	if err := audit(ctx, e.pkiDir, auditEntry{Action: "ip_rule.delete", Route: routeName, ID: rule.ID, CIDR: rule.CIDR.String(), Description: rule.Description}); err != nil {
+		return err
+	}
+	base := e.adminURL(f.admin)
+	st := awaitRule(ctx, base, ruleWait, func(g gateRules) string { return g.deletedStatus(routeName, rule.ID) }, ruleDeleted)
+	return viewRule(rule, st).write(w, f.json)
+}
