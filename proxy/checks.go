@@ -57,8 +57,8 @@ func (c *conn) admit() error {
 		return &Refusal{Reason: ReasonRouteDisabled, Msg: fmt.Sprintf("route %s is disabled by its operator", c.route.Name),
 			Hint: "the route accepts connections again once it is enabled"}
 	}
-	if !c.srv.acquireSlot(c.snap.Config.Limits.MaxConnections) {
-		return &Refusal{Reason: ReasonTooManyConnections, Msg: "too many connections through this gate", Hint: "try again later"}
+	if ref := c.srv.limits.acquire(c.snap.Config.Limits, c.route, c.src.Addr()); ref != nil {
+		return ref
 	}
 	c.admitted = true
 	return nil

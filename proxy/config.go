@@ -81,7 +81,15 @@ type ProxyProtocolConfig struct {
 
 // LimitsConfig bounds what one gate accepts. Zero values take the defaults.
 type LimitsConfig struct {
-	MaxConnections         int           `yaml:"max_connections"`          // default 10000
+	MaxConnections int `yaml:"max_connections"` // default 10000
+	// MaxConnectionsPerSource caps admitted connections per client address
+	// (after PROXY protocol). Zero means no cap: offices behind one NAT
+	// address are common.
+	MaxConnectionsPerSource int `yaml:"max_connections_per_source"`
+	// MaxPending caps connections accepted but not yet admitted or refused
+	// (in handshake); beyond it new connections are closed at once. Default
+	// 1000.
+	MaxPending             int           `yaml:"max_pending"`
 	HandshakeTimeout       time.Duration `yaml:"handshake_timeout"`        // default 10s
 	UpstreamConnectTimeout time.Duration `yaml:"upstream_connect_timeout"` // default 5s
 	DrainTimeout           time.Duration `yaml:"drain_timeout"`            // default 30s
@@ -113,6 +121,9 @@ type RouteConfig struct {
 	UpstreamServerName string `yaml:"upstream_server_name"` // name to verify; default: the upstream's host
 	IPRulesFile        string `yaml:"ip_rules_file"`
 	MaxIPRules         int    `yaml:"max_ip_rules"` // default 60
+	// MaxConnections caps the route's admitted connections; zero means only
+	// the gate's limits.max_connections applies.
+	MaxConnections int `yaml:"max_connections"`
 	// AllowedClients are the client identities the route accepts: "*" (any
 	// certificate of the space CA), or "cn:GLOB", "dns:GLOB", "uri:GLOB"
 	// where * matches any run of characters. Nil means the certificates
@@ -147,6 +158,7 @@ const (
 	DefaultUpstreamConnectTimeout = 5 * time.Second
 	DefaultDrainTimeout           = 30 * time.Second
 	DefaultMaxIPRules             = 60
+	DefaultMaxPending             = 1000
 )
 
 // IsEnabled reports whether the route accepts connections.
@@ -400,6 +412,12 @@ func (c *Config) validate(v *validator) {
 	}
 	if l.MaxConnections == 0 {
 		l.MaxConnections = DefaultMaxConnections
+	}
+	if l.MaxPending < 0 || l.MaxConnectionsPerSource < 0 {
+		v.addf([]any{"limits"}, "limits.max_pending and limits.max_connections_per_source must not be negative")
+	}
+	if l.MaxPending == 0 {
+		l.MaxPending = DefaultMaxPending
 	}
 	c.TLS.validate(v, []any{"tls"}, "tls")
 	if c.PKI.TrustDomain == "" {

@@ -93,7 +93,8 @@ type conn struct {
 	pgDB      string
 	startup   []byte // the PostgreSQL StartupMessage to forward, unchanged
 	cancel    bool
-	admitted  bool // holds a max_connections slot
+	admitted  bool // holds connection-limit slots
+	pending   bool // counted in Server.pending: accepted, not yet admitted
 	bytesUp   int64
 	bytesDown int64
 }
@@ -132,6 +133,7 @@ func (c *conn) run(ctx context.Context) error {
 	if err := c.admit(); err != nil {
 		return err
 	}
+	c.leavePending()
 	c.phase = PhaseDial
 	// Listed first, then compared with the snapshot in force: a reload that
 	// swapped in between either finds this connection listed and checks it,
@@ -164,6 +166,14 @@ func (c *conn) run(ctx context.Context) error {
 	defer m.active.WithLabelValues(c.route.Name).Dec()
 	c.armExpiry()
 	return c.splice()
+}
+
+// leavePending stops counting the connection as in handshake.
+func (c *conn) leavePending() {
+	if c.pending {
+		c.pending = false
+		c.srv.pending.Add(-1)
+	}
 }
 
 // armExpiry schedules the cut of the connection at its certificate's
@@ -323,8 +333,9 @@ func (c *conn) finish(err error) {
 	}
 	c.mu.Unlock()
 	c.srv.conns.remove(c)
+	c.leavePending()
 	if c.admitted {
-		c.srv.releaseSlot()
+		c.srv.limits.release(c.route.Name, c.src.Addr())
 	}
 	c.audit(ref) // before PhaseClosed: a refusal's line names the phase it failed in
 	c.phase = PhaseClosed

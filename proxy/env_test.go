@@ -111,6 +111,7 @@ type envOptions struct {
 	// and {{dir}} for the env's directory (rules.yaml is there).
 	routes string
 	top    string       // more top-level YAML (proxy_protocol:, pki:)
+	limits string       // more keys under limits:, indented two spaces
 	pki    *testenv.PKI // default: a new one
 }
 
@@ -183,9 +184,9 @@ limits:
   handshake_timeout: %s
   upstream_connect_timeout: 2s
   drain_timeout: %s
-routes:
+%sroutes:
 %s`, testenv.FreeAddr(t), e.pki.ServerCertFile, e.pki.ServerKeyFile, e.pki.CAFile, e.pki.CRLFile,
-		o.maxConnections, o.handshakeTimeout, o.drainTimeout, routes.String())
+		o.maxConnections, o.handshakeTimeout, o.drainTimeout, o.limits, routes.String())
 	e.cfgPath = filepath.Join(e.dir, "spacegate.yaml")
 	if err := os.WriteFile(e.cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)

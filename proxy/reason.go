@@ -23,30 +23,36 @@ const (
 	ReasonIdentityNotAllowed // certificate valid, but not for this route
 	ReasonUserMismatch       // PostgreSQL user not the one the certificate allows
 	ReasonRouteDisabled
-	ReasonTooManyConnections
+	ReasonTooManyConnections    // limits.max_connections
+	ReasonRouteConnectionLimit  // the route's max_connections
+	ReasonSourceConnectionLimit // limits.max_connections_per_source
+	ReasonTooManyPending        // limits.max_pending: closed at accept
 	ReasonUpstreamUnavailable
 	ReasonShutdown
 )
 
 var reasonNames = [...]string{
-	ReasonNone:                "",
-	ReasonProtocolViolation:   "protocol_violation",
-	ReasonTLSRequired:         "tls_required",
-	ReasonHandshakeFailed:     "handshake_failed",
-	ReasonIPNotAllowed:        "ip_not_allowed",
-	ReasonCertMissing:         "cert_missing",
-	ReasonCertUntrusted:       "cert_untrusted",
-	ReasonCertUsage:           "cert_usage",
-	ReasonCertExpired:         "cert_expired",
-	ReasonCertNotYetValid:     "cert_not_yet_valid",
-	ReasonCertRevoked:         "cert_revoked",
-	ReasonUnknownServerName:   "unknown_server_name",
-	ReasonIdentityNotAllowed:  "identity_not_allowed",
-	ReasonUserMismatch:        "user_mismatch",
-	ReasonRouteDisabled:       "route_disabled",
-	ReasonTooManyConnections:  "too_many_connections",
-	ReasonUpstreamUnavailable: "upstream_unavailable",
-	ReasonShutdown:            "shutdown",
+	ReasonNone:                  "",
+	ReasonProtocolViolation:     "protocol_violation",
+	ReasonTLSRequired:           "tls_required",
+	ReasonHandshakeFailed:       "handshake_failed",
+	ReasonIPNotAllowed:          "ip_not_allowed",
+	ReasonCertMissing:           "cert_missing",
+	ReasonCertUntrusted:         "cert_untrusted",
+	ReasonCertUsage:             "cert_usage",
+	ReasonCertExpired:           "cert_expired",
+	ReasonCertNotYetValid:       "cert_not_yet_valid",
+	ReasonCertRevoked:           "cert_revoked",
+	ReasonUnknownServerName:     "unknown_server_name",
+	ReasonIdentityNotAllowed:    "identity_not_allowed",
+	ReasonUserMismatch:          "user_mismatch",
+	ReasonRouteDisabled:         "route_disabled",
+	ReasonTooManyConnections:    "too_many_connections",
+	ReasonRouteConnectionLimit:  "route_connection_limit",
+	ReasonSourceConnectionLimit: "source_connection_limit",
+	ReasonTooManyPending:        "too_many_pending",
+	ReasonUpstreamUnavailable:   "upstream_unavailable",
+	ReasonShutdown:              "shutdown",
 }
 
 // String returns the snake_case name used as the metric label and log value.
@@ -62,7 +68,7 @@ func (r Reason) sqlstate() string {
 	switch r {
 	case ReasonProtocolViolation:
 		return "08P01" // protocol_violation
-	case ReasonTooManyConnections:
+	case ReasonTooManyConnections, ReasonRouteConnectionLimit, ReasonSourceConnectionLimit:
 		return "53300" // too_many_connections
 	case ReasonUpstreamUnavailable:
 		return "08006" // connection_failure

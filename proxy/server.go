@@ -43,14 +43,16 @@ type Options struct {
 // the live connections. Create it with NewServer and start it with Run; a
 // Server runs once.
 type Server struct {
-	log     *zap.Logger
-	metrics *Metrics
-	now     func() time.Time
-	snap    atomic.Pointer[Snapshot]
-	conns   registry
-	bufs    sync.Pool
-	active  atomic.Int64 // admitted connections, against max_connections
-	wg      sync.WaitGroup
+	log           *zap.Logger
+	metrics       *Metrics
+	now           func() time.Time
+	snap          atomic.Pointer[Snapshot]
+	conns         registry
+	bufs          sync.Pool
+	limits        limiter
+	pending       atomic.Int64 // accepted connections not yet admitted or refused
+	pendingLogged atomic.Int64 // unix second of the last "pending full" log
+	wg            sync.WaitGroup
 
 	notify       func(string)
 	reloadMu     sync.Mutex // one reload at a time
@@ -259,6 +261,17 @@ func (s *Server) acceptLoop(ctx context.Context, addr string, ln net.Listener) {
 		}
 		backoff = 0
 		s.metrics.accepted.Inc()
+		// Bound the connections that hold memory and a goroutine before any
+		// check has passed: a flood of idle or trickling clients must not
+		// exhaust the gate. Beyond the bound, close at once; admitted
+		// sessions are unaffected.
+		if max := int64(s.Snapshot().Config.Limits.MaxPending); s.pending.Add(1) > max {
+			s.pending.Add(-1)
+			nc.Close()
+			s.metrics.refused.WithLabelValues("unrouted", ReasonTooManyPending.String()).Inc()
+			s.logPendingFull(addr, max)
+			continue
+		}
 		s.wg.Add(1)
 		go s.serveConn(ctx, addr, nc)
 	}
@@ -270,19 +283,21 @@ func (s *Server) serveConn(ctx context.Context, addr string, nc net.Conn) {
 	snap := s.Snapshot()
 	l := snap.Listener(addr)
 	if l == nil {
+		s.pending.Add(-1)
 		nc.Close()
 		return
 	}
 	peer := addrPort(nc.RemoteAddr())
 	c := &conn{
-		srv:   s,
-		snap:  snap,
-		lis:   l,
-		id:    uuid.NewString(),
-		start: time.Now(),
-		peer:  peer,
-		src:   peer,
-		nc:    nc,
+		srv:     s,
+		snap:    snap,
+		lis:     l,
+		id:      uuid.NewString(),
+		start:   time.Now(),
+		peer:    peer,
+		src:     peer,
+		nc:      nc,
+		pending: true,
 	}
 	if !l.Shared() {
 		c.route = l.Routes[0]
@@ -302,15 +317,15 @@ func addrPort(a net.Addr) netip.AddrPort {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
-func (s *Server) acquireSlot(max int) bool {
-	if s.active.Add(1) > int64(max) {
-		s.active.Add(-1)
-		return false
+// logPendingFull logs that the handshake bound was reached, at most once a
+// second, as a flood would otherwise write a line per connection.
+func (s *Server) logPendingFull(addr string, max int64) {
+	now := time.Now().Unix()
+	if last := s.pendingLogged.Load(); last != now && s.pendingLogged.CompareAndSwap(last, now) {
+		s.log.Warn("too many connections in handshake; closing new ones at once",
+			zap.String("listen", addr), zap.Int64("max_pending", max))
 	}
-	return true
 }
-
-func (s *Server) releaseSlot() { s.active.Add(-1) }
 
 // waitTimeout waits for wg up to d and reports whether it finished.
 func waitTimeout(wg *sync.WaitGroup, d time.Duration) bool {

@@ -11,7 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/spacegate/spacegate/internal/testenv"
 )
 
 func (e *env) get(t *testing.T, path string) string {
@@ -144,5 +147,64 @@ func TestDrainTimeoutClosesSessions(t *testing.T) {
 	defer cancel()
 	if err := c.Ping(ctx); err == nil {
 		t.Fatal("session still alive after the drain timeout")
+	}
+}
+
+// TestConnectionLimits: the gate's, a route's and a source address's caps
+// each refuse with 53300 naming the limit, and free their slot on close.
+func TestConnectionLimits(t *testing.T) {
+	e := newEnv(t, envOptions{noRedis: true, rules: []string{"127.0.0.0/24"},
+		limits: "  max_connections_per_source: 2\n", routes: `  - name: db
+    protocol: postgres
+    listen: ` + testenv.FreeAddr(t) + `
+    upstream: {{pg}}
+    ip_rules_file: rules.yaml
+    max_connections: 3
+`})
+	e.pgAddr = e.srv.Snapshot().Routes[0].Listen
+	var open []*pgx.Conn
+	defer func() {
+		for _, c := range open {
+			c.Close(context.Background())
+		}
+	}()
+	connect := func(from string) error {
+		c, err := pgConnect(t, e.pgConnString(e.client), withDialFrom(from))
+		if err == nil {
+			open = append(open, c)
+		}
+		return err
+	}
+	for _, from := range []string{"127.0.0.1", "127.0.0.1", "127.0.0.2"} {
+		if err := connect(from); err != nil {
+			t.Fatalf("from %s: %v", from, err)
+		}
+	}
+	for _, tc := range []struct{ from, want string }{
+		{"127.0.0.1", "too many connections for route db (limit 3)"}, // route limit first
+		{"127.0.0.3", "too many connections for route db (limit 3)"},
+	} {
+		err := connect(tc.from)
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "53300" || !strings.Contains(pgErr.Message, tc.want) {
+			t.Fatalf("from %s: %v, want 53300 %q", tc.from, err, tc.want)
+		}
+	}
+	open[2].Close(context.Background()) // 127.0.0.2 leaves: a route slot frees
+	open = open[:2]
+	waitFor(t, 5*time.Second, "the slot to free", func() bool { return e.srv.Status().Routes[0].Active == 2 })
+	err := connect("127.0.0.1")
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "53300" || !strings.Contains(pgErr.Message, "too many connections from 127.0.0.1 (limit 2 per source address)") {
+		t.Fatalf("third from 127.0.0.1: %v", err)
+	}
+	if err := connect("127.0.0.3"); err != nil {
+		t.Fatalf("from 127.0.0.3 once a slot freed: %v", err)
+	}
+	m := e.get(t, "/metrics")
+	for _, want := range []string{`reason="route_connection_limit",route="db"} 2`, `reason="source_connection_limit",route="db"} 1`} {
+		if !strings.Contains(m, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
 	}
 }
