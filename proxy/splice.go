@@ -4,13 +4,55 @@ import (
 	"errors"
 	"io"
 	"net"
+	"sync"
 	"time"
 )
 
-// spliceBufSize is the copy buffer of each direction: one TLS record holds
-// at most 16 KiB of plaintext, and PostgreSQL and Redis write in 8-16 KiB
-// chunks, so a larger buffer buys no fewer system calls.
-const spliceBufSize = 32 << 10
+// Copy buffers. Each direction reads into its own small buffer, so that an
+// idle session, blocked in a read, holds only that: 10k idle connections
+// must cost little memory. A read that fills it means bulk data is flowing
+// (a COPY, a large result), and the direction switches to a pooled large
+// buffer until reads are small again. One TLS record holds at most 16 KiB of
+// plaintext and PostgreSQL and Redis write in 8-16 KiB chunks, so a larger
+// buffer buys no fewer system calls.
+const (
+	spliceSmallBufSize = 1 << 10
+	spliceBufSize      = 32 << 10
+)
+
+// spliceBuf is one direction's copy buffer. It is owned by one goroutine.
+type spliceBuf struct {
+	small []byte
+	big   *[]byte
+	pool  *sync.Pool
+}
+
+func newSpliceBuf(pool *sync.Pool) *spliceBuf {
+	return &spliceBuf{small: make([]byte, spliceSmallBufSize), pool: pool}
+}
+
+// next returns the buffer for the next read, given how much the last one
+// read (0 before the first).
+func (b *spliceBuf) next(last int) []byte {
+	switch {
+	case b.big == nil && last == len(b.small):
+		b.big = b.pool.Get().(*[]byte)
+	case b.big != nil && last < len(b.small):
+		b.release()
+	}
+	if b.big != nil {
+		return *b.big
+	}
+	return b.small
+}
+
+// release returns the large buffer to the pool.
+func (b *spliceBuf) release() {
+	if b.big != nil {
+		b.pool.Put(b.big)
+		b.big = nil
+	}
+}
 
 // splice copies bytes both ways until both directions have ended. When one
 // side stops sending (EOF), its peer's write side is closed and the other
@@ -57,10 +99,10 @@ func (c *conn) upstreamToClient() error {
 // server's message framing so that a cut can put its FATAL between two
 // messages, never inside one.
 func (c *conn) copyPostgresToClient() error {
-	bufp := c.srv.bufs.Get().(*[]byte)
-	defer c.srv.bufs.Put(bufp)
-	buf := *bufp
+	b := newSpliceBuf(&c.srv.bufs)
+	defer b.release()
 	var f pgFramer
+	buf := b.next(0)
 	for {
 		nr, rerr := c.upstream.Read(buf)
 		data := buf[:nr]
@@ -80,6 +122,7 @@ func (c *conn) copyPostgresToClient() error {
 				return werr
 			}
 		}
+		buf = b.next(nr)
 		if rerr != nil {
 			var ne net.Error
 			if errors.As(rerr, &ne) && ne.Timeout() && c.cutting.Load() {
@@ -97,12 +140,13 @@ func (c *conn) copyPostgresToClient() error {
 }
 
 // copyHalf copies src to dst until src ends, then half-closes dst. It reads
-// and writes through its own pooled buffer rather than io.Copy, whose
-// ReaderFrom/WriterTo paths allocate a fresh buffer per call for a TLS source.
+// and writes through its own spliceBuf rather than io.Copy, whose
+// ReaderFrom/WriterTo paths allocate a fresh buffer per call for a TLS source
+// and would hold a large buffer in every idle session.
 func (c *conn) copyHalf(dst, src net.Conn) (int64, error) {
-	bufp := c.srv.bufs.Get().(*[]byte)
-	defer c.srv.bufs.Put(bufp)
-	buf := *bufp
+	b := newSpliceBuf(&c.srv.bufs)
+	defer b.release()
+	buf := b.next(0)
 	var written int64
 	for {
 		nr, rerr := src.Read(buf)
@@ -113,6 +157,7 @@ func (c *conn) copyHalf(dst, src net.Conn) (int64, error) {
 				return written, werr
 			}
 		}
+		buf = b.next(nr)
 		if rerr != nil {
 			if errors.Is(rerr, io.EOF) {
 				closeWrite(dst)

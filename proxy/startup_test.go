@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"sync"
 	"testing"
 	"time"
 
@@ -102,5 +103,31 @@ func TestClientExpiryCollectorForgetsOldIdentities(t *testing.T) {
 	now = now.Add(45 * time.Minute) // "old" last seen 75 min ago, beyond the TTL
 	if got := collect(); len(got) != 1 || got["new"] == 0 {
 		t.Fatalf("after the TTL: %v", got)
+	}
+}
+
+// TestSpliceBufGrowsForBulkAndShrinksWhenIdle: small reads keep the small
+// buffer; a read that fills it switches to a pooled large one, which goes
+// back to the pool once reads are small again.
+func TestSpliceBufGrowsForBulkAndShrinksWhenIdle(t *testing.T) {
+	pool := &sync.Pool{New: func() any { b := make([]byte, spliceBufSize); return &b }}
+	b := newSpliceBuf(pool)
+	for _, step := range []struct {
+		last int
+		want int
+	}{
+		{0, spliceSmallBufSize},
+		{100, spliceSmallBufSize},
+		{spliceSmallBufSize, spliceBufSize}, // filled: bulk
+		{spliceBufSize, spliceBufSize},
+		{9000, spliceBufSize}, // still bulk-sized
+		{10, spliceSmallBufSize},
+	} {
+		if got := len(b.next(step.last)); got != step.want {
+			t.Fatalf("after a read of %d: buffer of %d, want %d", step.last, got, step.want)
+		}
+	}
+	if b.big != nil {
+		t.Fatal("large buffer kept after small reads")
 	}
 }
