@@ -24,7 +24,7 @@ type tcpPeer struct {
 	done     chan struct{}
 }
 
-func startPeer(t *testing.T, serve func(net.Conn)) *tcpPeer {
+func startPeer(t testing.TB, serve func(net.Conn)) *tcpPeer {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
