@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 	"go.yaml.in/yaml/v3"
@@ -118,7 +119,7 @@ func (r *Rules) Marshal() ([]byte, error) {
 			f.Rules = append(f.Rules, ruleOut{
 				ID:          strings.ToLower(rule.ID),
 				CIDR:        rule.CIDR.String(),
-				Description: rule.Description,
+				Description: description(rule.Description),
 				CreatedAt:   rule.CreatedAt,
 				UpdatedAt:   rule.UpdatedAt,
 			})
@@ -142,11 +143,33 @@ type fileOut struct {
 }
 
 type ruleOut struct {
-	ID          string    `yaml:"id"`
-	CIDR        string    `yaml:"cidr"`
-	Description string    `yaml:"description,omitempty"`
-	CreatedAt   time.Time `yaml:"created_at,omitempty"`
-	UpdatedAt   time.Time `yaml:"updated_at,omitempty"`
+	ID          string      `yaml:"id"`
+	CIDR        string      `yaml:"cidr"`
+	Description description `yaml:"description,omitempty"`
+	CreatedAt   time.Time   `yaml:"created_at,omitempty"`
+	UpdatedAt   time.Time   `yaml:"updated_at,omitempty"`
+}
+
+// description is a rule's description as Marshal writes it.
+type description string
+
+// MarshalYAML writes a description with control characters, line breaks or
+// edge spaces double-quoted, with escapes. Left to itself, yaml.v3 would
+// write "\t\n" as a literal block scalar that starts with a tab, which its
+// own parser then refuses, and a file the CLI wrote could not be read back.
+func (d description) MarshalYAML() (any, error) {
+	s := string(d)
+	if strings.TrimSpace(s) == s && !strings.ContainsFunc(s, awkwardRune) {
+		return s, nil
+	}
+	return &yaml.Node{Kind: yaml.ScalarNode, Style: yaml.DoubleQuotedStyle, Tag: "!!str", Value: s}, nil
+}
+
+// awkwardRune reports whether r is a control character or a YAML line
+// break or byte-order mark, which a plain or block scalar cannot carry
+// safely.
+func awkwardRune(r rune) bool {
+	return r < 0x20 || r == 0x7f || (r >= 0x80 && r <= 0x9f) || r == 0x2028 || r == 0x2029 || r == 0xfeff || r == utf8.RuneError
 }
 
 // ParseCIDR parses s as a rule's block, the way a rules file's cidr is read:

@@ -19,6 +19,7 @@ const (
 	ReasonCertExpired
 	ReasonCertNotYetValid
 	ReasonCertRevoked
+	ReasonCertWeakKey        // RSA under 2048 bits, or an unusual curve
 	ReasonUnknownServerName  // SNI names no route of a shared listener
 	ReasonIdentityNotAllowed // certificate valid, but not for this route
 	ReasonUserMismatch       // PostgreSQL user not the one the certificate allows
@@ -43,6 +44,7 @@ var reasonNames = [...]string{
 	ReasonCertExpired:           "cert_expired",
 	ReasonCertNotYetValid:       "cert_not_yet_valid",
 	ReasonCertRevoked:           "cert_revoked",
+	ReasonCertWeakKey:           "cert_weak_key",
 	ReasonUnknownServerName:     "unknown_server_name",
 	ReasonIdentityNotAllowed:    "identity_not_allowed",
 	ReasonUserMismatch:          "user_mismatch",
@@ -94,6 +96,8 @@ func certReason(r tlsconf.Reason) Reason {
 		return ReasonCertNotYetValid
 	case tlsconf.ReasonCertRevoked:
 		return ReasonCertRevoked
+	case tlsconf.ReasonCertWeakKey:
+		return ReasonCertWeakKey
 	default:
 		return ReasonCertUntrusted
 	}

@@ -34,15 +34,36 @@ func ParseMinVersion(s string) (uint16, error) {
 //
 // Session tickets are disabled so that no connection skips verification
 // against the CA bundle and CRL of the moment; libpq never resumes anyway.
-// MinVersion is minVersion, raised to TLS 1.2 if lower. NextProtos is a copy
-// of nextProtos (nil offers no ALPN). The caller owns the returned config; m
+// TLS 1.2 is offered with the suites of [CipherSuites] only. MinVersion is
+// minVersion, raised to TLS 1.2 if lower. NextProtos is a copy of
+// nextProtos (nil offers no ALPN). The caller owns the returned config; m
 // must not be nil.
 func ServerConfig(m *Material, minVersion uint16, nextProtos []string) *tls.Config {
 	return &tls.Config{
 		Certificates:           []tls.Certificate{m.Certificate},
 		ClientAuth:             tls.RequestClientCert,
 		SessionTicketsDisabled: true,
+		CipherSuites:           CipherSuites(),
 		MinVersion:             max(minVersion, tls.VersionTLS12),
 		NextProtos:             slices.Clone(nextProtos),
+	}
+}
+
+// CipherSuites returns the TLS 1.2 cipher suites a server config offers:
+// ECDHE key exchange with AES-GCM or ChaCha20-Poly1305, as in Mozilla's
+// "intermediate" profile. Go's defaults would add ECDHE with AES-CBC and
+// HMAC-SHA1, whose MAC-then-encrypt construction is the ground of the
+// Lucky13 attacks and which scanners such as testssl.sh flag; every TLS 1.2
+// client that libpq or redis-cli links offers a GCM suite. TLS 1.3 suites
+// are not configurable in Go and are all AEAD. The caller owns the
+// returned slice.
+func CipherSuites() []uint16 {
+	return []uint16{
+		tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+		tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+		tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+		tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+		tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+		tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
 	}
 }

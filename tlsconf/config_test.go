@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 )
@@ -55,6 +56,15 @@ func TestServerConfig(t *testing.T) {
 		if cfg.MinVersion != tt.wantMin || len(cfg.NextProtos) != tt.wantProtos {
 			t.Errorf("ServerConfig(%#x, %q): MinVersion %#x NextProtos %q; want %#x and %d protocol(s)",
 				tt.min, tt.protos, cfg.MinVersion, cfg.NextProtos, tt.wantMin, tt.wantProtos)
+		}
+		for _, id := range cfg.CipherSuites {
+			name := tls.CipherSuiteName(id)
+			if !strings.HasPrefix(name, "TLS_ECDHE_") || !(strings.Contains(name, "_GCM_") || strings.Contains(name, "CHACHA20")) {
+				t.Errorf("ServerConfig offers %s; want ECDHE with an AEAD only", name)
+			}
+		}
+		if len(cfg.CipherSuites) == 0 {
+			t.Errorf("ServerConfig: CipherSuites empty, which means Go's defaults with CBC suites")
 		}
 		if cfg.ClientAuth != tls.RequestClientCert || !cfg.SessionTicketsDisabled || cfg.ClientCAs != nil {
 			t.Errorf("ServerConfig: ClientAuth %v, SessionTicketsDisabled %v, ClientCAs %v; want RequestClientCert, true, nil",

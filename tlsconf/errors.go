@@ -43,6 +43,11 @@ var (
 	// serial number is listed in the CRL.
 	ErrRevoked = errors.New("certificate serial number is listed in the CRL")
 
+	// ErrWeakKey is matched by the Err of a [VerifyError] whose client
+	// certificate has an RSA key under 2048 bits or an ECDSA key on a curve
+	// other than P-256, P-384 or P-521.
+	ErrWeakKey = errors.New("client certificate key is too weak")
+
 	// errNoFile is returned for a required file name that was left empty.
 	errNoFile = errors.New("no file name given")
 )

@@ -7,7 +7,7 @@ import (
 
 // A client pattern names the client identities a route accepts:
 //
-//	*            any certificate that chains to the space CA
+//	"*"          any certificate that chains to the space CA
 //	cn:GLOB      the subject common name
 //	dns:GLOB     a DNS SAN (case-insensitive)
 //	uri:GLOB     a URI SAN, e.g. uri:spiffe://space.example/route/db/*

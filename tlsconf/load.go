@@ -1,7 +1,6 @@
 package tlsconf
 
 import (
-	"bytes"
 	"crypto"
 	"crypto/tls"
 	"crypto/x509"
@@ -112,9 +111,7 @@ func loadKeyPair(certFile, keyFile string) (tls.Certificate, error) {
 	var certs []*x509.Certificate
 	if data, err := readPEM("certificate file", certFile); err != nil {
 		errs = append(errs, err)
-	} else if blocks, err := decodePEM(data); err != nil {
-		errs = append(errs, fmt.Errorf("certificate file %q: %w", certFile, err))
-	} else if certs, err = parseCertificates(blocks); err != nil {
+	} else if certs, err = parseCertsPEM(data); err != nil {
 		errs = append(errs, fmt.Errorf("certificate file %q: %w", certFile, err))
 	} else if leaf := certs[0]; len(leaf.ExtKeyUsage) > 0 &&
 		!slices.Contains(leaf.ExtKeyUsage, x509.ExtKeyUsageServerAuth) &&
@@ -129,9 +126,7 @@ func loadKeyPair(certFile, keyFile string) (tls.Certificate, error) {
 	var key crypto.Signer
 	if data, err := readPEM("key file", keyFile); err != nil {
 		errs = append(errs, err)
-	} else if blocks, err := decodePEM(data); err != nil {
-		errs = append(errs, fmt.Errorf("key file %q: %w", keyFile, err))
-	} else if key, err = parsePrivateKey(blocks); err != nil {
+	} else if key, err = parseKeyPEM(data); err != nil {
 		errs = append(errs, fmt.Errorf("key file %q: %w", keyFile, err))
 	}
 	if len(errs) > 0 {
@@ -153,26 +148,12 @@ func loadCAs(path string) ([]*x509.Certificate, *x509.CertPool, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	blocks, err := decodePEM(data)
-	if err != nil {
-		return nil, nil, fmt.Errorf("client CA file %q: %w", path, err)
-	}
-	cas, err := parseCertificates(blocks)
+	cas, pool, err := parseCAsPEM(data)
 	if errors.Is(err, ErrNoCertificates) {
 		return nil, nil, fmt.Errorf("%w in client CA file %q", err, path)
 	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("client CA file %q: %w", path, err)
-	}
-	pool := x509.NewCertPool()
-	for i, ca := range cas {
-		// A leaf pasted into the bundle (often the server certificate)
-		// would become a trust anchor; old v1 CAs without basic
-		// constraints are let through.
-		if ca.BasicConstraintsValid && !ca.IsCA {
-			return nil, nil, fmt.Errorf("client CA file %q: certificate %d (%s): %w", path, i+1, ca.Subject, ErrNotCA)
-		}
-		pool.AddCert(ca)
 	}
 	return cas, pool, nil
 }
@@ -185,26 +166,9 @@ func loadCRL(path, caFile string, cas []*x509.Certificate) (*x509.RevocationList
 	if err != nil {
 		return nil, err
 	}
-	der := data
-	if bytes.Contains(data, []byte("-----BEGIN ")) {
-		blocks, err := decodePEM(data)
-		if err != nil {
-			return nil, fmt.Errorf("CRL file %q: %w", path, err)
-		}
-		der = nil
-		for _, b := range blocks {
-			if b.Type == pemCRL {
-				der = b.Bytes
-				break
-			}
-		}
-		if der == nil {
-			return nil, fmt.Errorf("CRL file %q: no %q PEM block (found %q)", path, pemCRL, blocks[0].Type)
-		}
-	}
-	crl, err := x509.ParseRevocationList(der)
+	crl, err := parseCRL(data)
 	if err != nil {
-		return nil, fmt.Errorf("CRL file %q: want a PEM %q block or DER: %w", path, pemCRL, err)
+		return nil, fmt.Errorf("CRL file %q: %w", path, err)
 	}
 	if len(cas) == 0 {
 		return crl, nil

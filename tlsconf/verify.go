@@ -1,6 +1,10 @@
 package tlsconf
 
 import (
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rsa"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -13,7 +17,8 @@ import (
 // ReasonOK.
 type Reason uint8
 
-// Reasons, in the order Verify checks them.
+// Reasons. Verify checks them in the order it documents; new reasons are
+// added at the end, so that the values of the others never change.
 const (
 	ReasonOK              Reason = iota // "ok": certificate accepted
 	ReasonCertMissing                   // "cert_missing": no certificate presented
@@ -22,7 +27,12 @@ const (
 	ReasonCertExpired                   // "cert_expired": after NotAfter
 	ReasonCertNotYetValid               // "cert_not_yet_valid": before NotBefore
 	ReasonCertRevoked                   // "cert_revoked": listed in the CRL, or chains through a listed CA
+	ReasonCertWeakKey                   // "cert_weak_key": RSA key under 2048 bits, or an ECDSA curve other than P-256, P-384, P-521
 )
+
+// minRSABits is the smallest RSA client key accepted, as NIST SP 800-131A
+// and the CA/Browser Forum require.
+const minRSABits = 2048
 
 // String returns the reason's snake_case name, or "reason_N" for an unknown
 // value.
@@ -42,6 +52,8 @@ func (r Reason) String() string {
 		return "cert_not_yet_valid"
 	case ReasonCertRevoked:
 		return "cert_revoked"
+	case ReasonCertWeakKey:
+		return "cert_weak_key"
 	}
 	return "reason_" + strconv.Itoa(int(r))
 }
@@ -108,6 +120,12 @@ func (e *VerifyError) Error() string {
 			what += " on " + formatTime(e.RevokedAt)
 		}
 		return fmt.Sprintf("client certificate (serial %s) %s; ask for a new one", id.Serial, what)
+	case ReasonCertWeakKey:
+		var wk *weakKeyError
+		if errors.As(e.Err, &wk) {
+			return fmt.Sprintf("client certificate (serial %s) uses %s; %s", id.Serial, wk.key, wk.want)
+		}
+		return fmt.Sprintf("client certificate (serial %s) uses a weak key; ask for a new one", id.Serial)
 	}
 	return fmt.Sprintf("client certificate (serial %s) refused (%s)", id.Serial, e.Reason)
 }
@@ -133,8 +151,9 @@ func formatTime(t time.Time) string { return t.UTC().Format(time.RFC3339) }
 // certificate is present; it chains to a CA of the bundle, through
 // intermediates taken from chain[1:], with extended key usage clientAuth (or
 // no extended key usage at all, which RFC 5280 reads as any); it is not a CA
-// itself; now is within its validity; neither it nor an intermediate of its
-// chain is listed in the CRL.
+// itself; its key is strong enough (RSA of at least 2048 bits, ECDSA on
+// P-256, P-384 or P-521, or Ed25519); now is within its validity; neither it
+// nor an intermediate of its chain is listed in the CRL.
 //
 // To tell "not signed by us" from "expired", the chain is built at now
 // clamped into the leaf's validity, and the leaf's dates are checked against
@@ -182,6 +201,11 @@ func (m *Material) Verify(chain []*x509.Certificate, now time.Time) (Identity, e
 	if leaf.IsCA {
 		return id, &VerifyError{Reason: ReasonCertUsage, Identity: id, Err: ErrCACertificate}
 	}
+	// Before the dates: a renewal that kept the key would be refused
+	// again, so the key is what to tell the holder first.
+	if err := checkKey(leaf.PublicKey); err != nil {
+		return id, &VerifyError{Reason: ReasonCertWeakKey, Identity: id, Err: err}
+	}
 	if now.Before(leaf.NotBefore) {
 		return id, &VerifyError{Reason: ReasonCertNotYetValid, Identity: id, Err: x509.CertificateInvalidError{
 			Cert: leaf, Reason: x509.Expired,
@@ -228,6 +252,46 @@ func (m *Material) revokedIntermediate(chains [][]*x509.Certificate) (time.Time,
 		}
 	}
 	return firstAt, first
+}
+
+// weakKeyError is the Err of a [VerifyError] with ReasonCertWeakKey.
+type weakKeyError struct {
+	key  string // "a 1024-bit RSA key"
+	want string // "at least 2048 bits are required"
+}
+
+func (e *weakKeyError) Error() string { return e.key + ": " + e.want }
+
+func (e *weakKeyError) Unwrap() error { return ErrWeakKey }
+
+// checkKey refuses a client certificate's public key that is too weak for
+// its signature in the handshake to mean anything. crypto/tls itself takes
+// RSA keys from 1024 bits and any curve that x509 parses.
+func checkKey(pub any) error {
+	switch k := pub.(type) {
+	case *rsa.PublicKey:
+		if bits := k.N.BitLen(); bits < minRSABits {
+			return &weakKeyError{key: fmt.Sprintf("a %d-bit RSA key", bits),
+				want: fmt.Sprintf("at least %d bits are required", minRSABits)}
+		}
+		return nil
+	case *ecdsa.PublicKey:
+		switch k.Curve {
+		case elliptic.P256(), elliptic.P384(), elliptic.P521():
+			return nil
+		}
+		name := "an unknown curve"
+		if k.Curve != nil && k.Curve.Params() != nil {
+			name = "curve " + k.Curve.Params().Name
+		}
+		return &weakKeyError{key: "an ECDSA key on " + name, want: "P-256, P-384 or P-521 is required"}
+	case ed25519.PublicKey:
+		return nil
+	}
+	// x509 parses DSA and X25519 keys too; neither can sign a TLS
+	// handshake, so this is not reached by a client that completed one.
+	return &weakKeyError{key: "a key of an unsupported type",
+		want: "an ECDSA, Ed25519 or RSA key of at least 2048 bits is required"}
 }
 
 // reasonOf maps an error of x509.Certificate.Verify to a Reason.
