@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"net/http/pprof"
 	"time"
@@ -33,6 +32,8 @@ type RouteStatus struct {
 	RuleIDs            []string  `json:"rule_ids"`
 	Active             int       `json:"active"`
 	ServerCertNotAfter time.Time `json:"server_cert_not_after,omitzero"`
+	// Upstream is the last probe of the upstream; nil before the first.
+	Upstream *UpstreamHealth `json:"upstream,omitempty"`
 }
 
 // Status returns what /v1/status serves. Upstream addresses are left out on
@@ -61,6 +62,9 @@ func (s *Server) Status() Status {
 		}
 		if rs.RuleIDs == nil {
 			rs.RuleIDs = []string{}
+		}
+		if h, ok := s.health.get(r.Name); ok {
+			rs.Upstream = &h
 		}
 		if r.Material != nil && r.Material.Certificate.Leaf != nil {
 			rs.ServerCertNotAfter = r.Material.Certificate.Leaf.NotAfter
@@ -113,7 +117,9 @@ func (s *Server) startAdmin(ac AdminConfig) error {
 	if addr == "" {
 		return nil
 	}
-	ln, err := net.Listen("tcp", addr)
+	// SO_REUSEPORT like the routes, so that a new process can start with
+	// the same config beside the old one during an upgrade.
+	ln, err := listen(addr)
 	if err != nil {
 		return fmt.Errorf("admin: cannot listen on %s: %w", addr, err)
 	}

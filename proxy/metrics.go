@@ -29,6 +29,7 @@ type Metrics struct {
 	cancels         *prometheus.CounterVec // route, result
 	active          *prometheus.GaugeVec   // route
 	rules           *prometheus.GaugeVec   // route
+	upstreamUp      *prometheus.GaugeVec   // route
 	generation      prometheus.Gauge
 	certExpiry      *prometheus.GaugeVec // kind: server|ca, route
 	clientExpiry    *clientExpiryCollector
@@ -65,6 +66,8 @@ func NewMetrics() *Metrics {
 			Help: "Connections currently spliced to their upstream."}, routeLabel),
 		rules: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "ip_rules",
 			Help: "IP rules in force per route."}, routeLabel),
+		upstreamUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "upstream_up",
+			Help: "1 if the last probe (a TCP connect every 10s) reached the route's upstream, else 0."}, routeLabel),
 		generation: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "config_generation",
 			Help: "Generation of the configuration in force; starts at 1."}),
 		certExpiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "cert_expiry_timestamp_seconds",
@@ -87,7 +90,7 @@ func NewMetrics() *Metrics {
 			Help: "Bytes spliced, by route and direction (upstream: client to upstream; client: upstream to client)."}, []string{"route", "direction"}),
 	}
 	m.own = []prometheus.Collector{
-		m.accepted, m.refused, m.established, m.closed, m.cut, m.reloads, m.lastReload, m.cancels, m.active, m.rules,
+		m.accepted, m.refused, m.established, m.closed, m.cut, m.reloads, m.lastReload, m.cancels, m.upstreamUp, m.active, m.rules,
 		m.generation, m.certExpiry, m.clientExpiry, m.handshake, m.upstreamConnect, m.duration, m.bytes,
 	}
 	m.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

@@ -50,6 +50,7 @@ type Server struct {
 	conns         registry
 	bufs          sync.Pool
 	limits        limiter
+	health        healthState
 	pending       atomic.Int64 // accepted connections not yet admitted or refused
 	pendingLogged atomic.Int64 // unix second of the last "pending full" log
 	wg            sync.WaitGroup
@@ -160,6 +161,11 @@ func (s *Server) Run(ctx context.Context) error {
 			s.watch(watchCtx)
 		}
 	}()
+	probeDone := make(chan struct{})
+	go func() {
+		defer close(probeDone)
+		s.probeUpstreams(watchCtx, upstreamProbeInterval)
+	}()
 	close(s.ready)
 	s.notify("ready")
 	s.log.Info("spacegate serving", zap.Int("routes", len(snap.Routes)), zap.Uint64("generation", snap.Generation))
@@ -175,6 +181,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	stopWatch()
 	<-watchDone
+	<-probeDone
 	s.reloadMu.Lock() // no reload opens a listener from here on
 	defer s.reloadMu.Unlock()
 	s.mu.Lock()

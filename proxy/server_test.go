@@ -208,3 +208,30 @@ func TestConnectionLimits(t *testing.T) {
 		}
 	}
 }
+
+// TestUpstreamHealth: the gate probes each upstream and reports, in status
+// and metrics, whether it is reachable, without naming its address.
+func TestUpstreamHealth(t *testing.T) {
+	pg := testenv.StartPostgresT(t, testenv.PostgresOptions{})
+	e := newEnv(t, envOptions{noRedis: true, pgUpstream: pg.Addr})
+	up := func() *UpstreamHealth { return e.srv.Status().Routes[0].Upstream }
+	waitFor(t, 5*time.Second, "the first probe", func() bool { return up() != nil })
+	if h := up(); !h.Reachable || h.Error != "" {
+		t.Fatalf("upstream health = %+v", h)
+	}
+	if !strings.Contains(e.get(t, "/metrics"), `spacegate_upstream_up{route="db"} 1`) {
+		t.Error("upstream_up not 1")
+	}
+	if err := pg.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	// The probe runs every 10s; the test asks now rather than wait.
+	e.srv.probe(context.Background(), e.srv.Snapshot().Routes[0], time.Second)
+	h := up()
+	if h.Reachable || h.Error != "connection refused" || strings.Contains(h.Error, pg.Addr) {
+		t.Fatalf("upstream health after stop = %+v", h)
+	}
+	if !strings.Contains(e.get(t, "/metrics"), `spacegate_upstream_up{route="db"} 0`) {
+		t.Error("upstream_up not 0")
+	}
+}

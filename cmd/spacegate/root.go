@@ -71,6 +71,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		newCertsCmd(),
 		newIPRulesCmd(),
 		newVersionCmd(),
+		newStatusCmd(),
 	)
 	return root
 }

@@ -39,7 +39,9 @@ func runServe(ctx context.Context, path string) error {
 		return err
 	}
 	defer func() { _ = log.Sync() }()
-	srv, err := proxy.NewServer(proxy.Options{Config: cfg, Logger: log})
+	// Under systemd (Type=notify) the gate says when it is ready, reloading
+	// and stopping.
+	srv, err := proxy.NewServer(proxy.Options{Config: cfg, Logger: log, Notify: sdNotifier(log)})
 	if err != nil {
 		return problemsError(err)
 	}
@@ -49,6 +51,13 @@ func runServe(ctx context.Context, path string) error {
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 	go func() {
+		// A SIGHUP before the listeners are open waits for them, so that
+		// the reload's "ready" cannot reach systemd before the gate is.
+		select {
+		case <-ctx.Done():
+			return
+		case <-srv.Ready():
+		}
 		for {
 			select {
 			case <-ctx.Done():

@@ -1,0 +1,421 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	"github.com/spf13/cobra"
+
+	"github.com/spacegate/spacegate/proxy"
+)
+
+// statusQueryTimeout bounds each request of `spacegate status` to the
+// admin endpoint. It is longer than ip-rules' second: status is run by a
+// person, often over a tunnel, and the /metrics document can be large.
+const statusQueryTimeout = 5 * time.Second
+
+// expiringWithin is when a certificate counts as expiring, the same 75 days
+// as `certs list` and the Prometheus alerts.
+const expiringWithin = 75 * 24 * time.Hour
+
+// statusExpiries is how many of the nearest certificate expiries the table
+// shows; --json lists them all.
+const statusExpiries = 10
+
+// statusReport is what `spacegate status --json` prints: the gate's
+// /v1/status, with what its /metrics add (certificate expiries, upstream
+// failures) folded in.
+type statusReport struct {
+	Admin       string           `json:"admin"`
+	Generation  uint64           `json:"generation"`
+	LoadedAt    time.Time        `json:"loaded_at"`
+	Ready       bool             `json:"ready"`
+	Routes      []routeReport    `json:"routes"`
+	Connections []proxy.ConnInfo `json:"connections"`
+	// CertExpiries are the server, CA and client certificates the gate
+	// knows of, nearest first.
+	CertExpiries []certExpiry `json:"cert_expiries"`
+	// MetricsError says why /metrics could not be read; the expiries of CAs
+	// and client certificates and the upstream failures are then missing.
+	MetricsError string `json:"metrics_error,omitempty"`
+}
+
+// routeReport is one route of a statusReport.
+type routeReport struct {
+	proxy.RouteStatus
+	// Upstream is the upstream's health as the gate reports it in
+	// /v1/status; nil when the gate does not report it.
+	Upstream *upstreamHealth `json:"upstream,omitempty"`
+	// UpstreamUnavailable counts the connections refused since the gate
+	// started because the upstream could not be reached
+	// (spacegate_connections_refused_total{reason="upstream_unavailable"}).
+	UpstreamUnavailable int64 `json:"upstream_unavailable_total"`
+}
+
+// upstreamHealth is the per-route "upstream" object of /v1/status that a
+// gate which probes its upstreams reports. The status command does not dial
+// upstreams itself: it may run far from them.
+type upstreamHealth struct {
+	Reachable bool      `json:"reachable"`
+	CheckedAt time.Time `json:"checked_at"`
+	Error     string    `json:"error,omitempty"`
+}
+
+// certExpiry is one certificate the gate serves, trusts or has seen.
+type certExpiry struct {
+	Kind     string    `json:"kind"` // server, ca, client
+	Route    string    `json:"route"`
+	Subject  string    `json:"subject"` // for clients: URI SAN, else CN
+	NotAfter time.Time `json:"not_after"`
+}
+
+type statusFlags struct {
+	config string
+	admin  string
+	json   bool
+}
+
+func newStatusCmd() *cobra.Command {
+	var f statusFlags
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the running gate: routes, rules in force, live connections, certificate expiries",
+		Long: "Ask the running gate's admin endpoint (admin.listen of the config, or --admin URL) for its routes,\n" +
+			"the IP rules in force, live connections and the nearest certificate expiries.",
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runStatus(cmd.Context(), cmd.OutOrStdout(), f)
+		},
+	}
+	configFlag(cmd, &f.config)
+	cmd.Flags().StringVar(&f.admin, "admin", "", "admin endpoint of the running gate, such as http://127.0.0.1:9187 (default from admin.listen)")
+	cmd.Flags().BoolVar(&f.json, "json", false, "print JSON")
+	return cmd
+}
+
+func runStatus(ctx context.Context, w io.Writer, f statusFlags) error {
+	base, err := statusAdminURL(f)
+	if err != nil {
+		return err
+	}
+	rep, err := queryStatus(ctx, http.DefaultClient, base)
+	if err != nil {
+		return err
+	}
+	if f.json {
+		return writeJSON(w, rep)
+	}
+	return writeStatus(w, rep, time.Now())
+}
+
+// statusAdminURL returns the base URL of the admin endpoint: --admin, else
+// admin.listen of the config.
+func statusAdminURL(f statusFlags) (string, error) {
+	if f.admin != "" {
+		u := strings.TrimSuffix(f.admin, "/")
+		if !strings.Contains(u, "://") {
+			u = "http://" + u
+		}
+		return u, nil
+	}
+	path := configPath(f.config)
+	cfg, err := proxy.LoadConfig(path)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return "", withHint(err, "pass the gate's admin endpoint with --admin URL, or its config with --config FILE")
+		}
+		return "", problemsError(err)
+	}
+	base := adminURLFromListen(cfg.Admin.Listen)
+	if base == "" {
+		return "", withHint(fmt.Errorf("%s has no admin.listen, so the gate has no admin endpoint to ask", path),
+			"set admin.listen (such as 127.0.0.1:9187) and reload the gate, or pass --admin URL")
+	}
+	return base, nil
+}
+
+// queryStatus reads /v1/status and /metrics of the gate at base. Only
+// /v1/status is required; without /metrics the report says why.
+func queryStatus(ctx context.Context, client *http.Client, base string) (*statusReport, error) {
+	body, err := adminGet(ctx, client, base, "/v1/status")
+	if err != nil {
+		return nil, withHint(fmt.Errorf("gate not reachable: %w", err),
+			"is `spacegate serve` running? pass its admin endpoint with --admin URL (admin.listen)")
+	}
+	var st proxy.Status
+	if err := json.Unmarshal(body, &st); err != nil {
+		return nil, fmt.Errorf("%s/v1/status: decoding the gate's answer: %w", base, err)
+	}
+	// The fields a newer gate may add, read apart so that proxy.Status
+	// need not know them.
+	var extra struct {
+		Routes []struct {
+			Upstream *upstreamHealth `json:"upstream"`
+		} `json:"routes"`
+	}
+	_ = json.Unmarshal(body, &extra)
+
+	rep := &statusReport{
+		Admin:        base,
+		Generation:   st.Generation,
+		LoadedAt:     st.LoadedAt,
+		Ready:        st.Ready,
+		Connections:  st.Connections,
+		Routes:       []routeReport{},
+		CertExpiries: []certExpiry{},
+	}
+	if rep.Connections == nil {
+		rep.Connections = []proxy.ConnInfo{}
+	}
+	for i, r := range st.Routes {
+		rr := routeReport{RouteStatus: r}
+		if i < len(extra.Routes) {
+			rr.Upstream = extra.Routes[i].Upstream
+		}
+		rep.Routes = append(rep.Routes, rr)
+	}
+	body, err = adminGet(ctx, client, base, "/metrics")
+	if err == nil {
+		err = rep.addMetrics(body)
+	}
+	if err != nil {
+		// /metrics has the subjects and every client seen; without it,
+		// what /v1/status knows: server certificates and live clients.
+		rep.MetricsError = err.Error()
+		for _, r := range st.Routes {
+			if !r.ServerCertNotAfter.IsZero() {
+				rep.addExpiry(certExpiry{Kind: "server", Route: r.Name, NotAfter: r.ServerCertNotAfter})
+			}
+		}
+		for _, c := range st.Connections {
+			if !c.CertNotAfter.IsZero() {
+				rep.addExpiry(certExpiry{Kind: "client", Route: c.Route, Subject: c.CertSubject, NotAfter: c.CertNotAfter})
+			}
+		}
+	}
+	slices.SortStableFunc(rep.CertExpiries, func(a, b certExpiry) int {
+		if c := a.NotAfter.Compare(b.NotAfter); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Kind+a.Route+a.Subject, b.Kind+b.Route+b.Subject)
+	})
+	return rep, nil
+}
+
+// adminGet returns the body of path on the admin endpoint at base.
+func adminGet(ctx context.Context, client *http.Client, base, path string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, statusQueryTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%s%s: %s", base, path, resp.Status)
+	}
+	// 64 MiB: far beyond a gate's /metrics, yet bounded.
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return nil, fmt.Errorf("%s%s: %w", base, path, err)
+	}
+	return body, nil
+}
+
+// addMetrics folds the certificate expiries and upstream failures of a
+// /metrics document into the report.
+func (rep *statusReport) addMetrics(body []byte) error {
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(bytes.NewReader(body))
+	if err != nil {
+		return fmt.Errorf("%s/metrics: %w", rep.Admin, err)
+	}
+	for _, m := range fams["spacegate_cert_expiry_timestamp_seconds"].GetMetric() {
+		l := labelMap(m.GetLabel())
+		rep.addExpiry(certExpiry{Kind: l["kind"], Route: l["route"], Subject: l["subject"], NotAfter: unixTime(m.GetGauge().GetValue())})
+	}
+	for _, m := range fams["spacegate_client_cert_expiry_timestamp_seconds"].GetMetric() {
+		l := labelMap(m.GetLabel())
+		rep.addExpiry(certExpiry{Kind: "client", Route: l["route"], Subject: l["identity"], NotAfter: unixTime(m.GetGauge().GetValue())})
+	}
+	for _, m := range fams["spacegate_connections_refused_total"].GetMetric() {
+		l := labelMap(m.GetLabel())
+		if l["reason"] != "upstream_unavailable" {
+			continue
+		}
+		for i := range rep.Routes {
+			if rep.Routes[i].Name == l["route"] {
+				rep.Routes[i].UpstreamUnavailable += int64(m.GetCounter().GetValue())
+			}
+		}
+	}
+	return nil
+}
+
+// addExpiry adds e unless the report has it already.
+func (rep *statusReport) addExpiry(e certExpiry) {
+	if slices.Contains(rep.CertExpiries, e) {
+		return
+	}
+	rep.CertExpiries = append(rep.CertExpiries, e)
+}
+
+func labelMap(pairs []*dto.LabelPair) map[string]string {
+	m := make(map[string]string, len(pairs))
+	for _, p := range pairs {
+		m[p.GetName()] = p.GetValue()
+	}
+	return m
+}
+
+// unixTime converts a Prometheus timestamp gauge to a time.
+func unixTime(sec float64) time.Time { return time.Unix(int64(sec), 0).UTC() }
+
+// writeStatus prints rep as tables for people.
+func writeStatus(w io.Writer, rep *statusReport, now time.Time) error {
+	ready := "yes"
+	if !rep.Ready {
+		ready = "no (starting or draining)"
+	}
+	fmt.Fprintf(w, "gate %s  generation %d  loaded %s  ready %s\n", rep.Admin, rep.Generation, showTime(rep.LoadedAt), ready)
+
+	fmt.Fprintln(w)
+	tw := newTable(w)
+	row(tw, "ROUTE", "PROTOCOL", "LISTEN", "ENABLED", "UPSTREAM", "IP RULES", "LIVE")
+	for _, r := range rep.Routes {
+		row(tw, r.Name, r.Protocol, r.Listen, yesNo(r.Enabled), upstreamCell(r, now),
+			fmt.Sprintf("%d/%d", r.Rules, r.MaxIPRules), strconv.Itoa(r.Active))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+
+	fmt.Fprintln(w, "\nIP rules in force:")
+	tw = newTable(w)
+	row(tw, "ROUTE", "RULE IDS")
+	for _, r := range rep.Routes {
+		ids := "(none: nobody is allowed)"
+		if len(r.RuleIDs) > 0 {
+			ids = strings.Join(r.RuleIDs, " ")
+		}
+		row(tw, r.Name, ids)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+
+	if len(rep.Connections) == 0 {
+		fmt.Fprintln(w, "\nLive connections: none")
+	} else {
+		fmt.Fprintf(w, "\nLive connections (%d):\n", len(rep.Connections))
+		tw = newTable(w)
+		row(tw, "ROUTE", "SOURCE", "SINCE", "USER", "DATABASE", "CERT SERIAL", "CERT SUBJECT")
+		for _, c := range rep.Connections {
+			row(tw, c.Route, c.Source, showTime(c.Since), dash(c.User), dash(c.Database), dash(c.CertSerial), dash(c.CertSubject))
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
+
+	fmt.Fprintln(w, "\nNearest certificate expiries:")
+	tw = newTable(w)
+	row(tw, "EXPIRES", "IN", "STATE", "KIND", "ROUTE", "SUBJECT")
+	for i, e := range rep.CertExpiries {
+		if i == statusExpiries {
+			break
+		}
+		row(tw, showTime(e.NotAfter), untilText(e.NotAfter.Sub(now)), expiryState(e.NotAfter, now), e.Kind, e.Route, dash(e.Subject))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if n := len(rep.CertExpiries) - statusExpiries; n > 0 {
+		fmt.Fprintf(w, "(and %d more; --json lists them all)\n", n)
+	}
+	if rep.MetricsError != "" {
+		fmt.Fprintf(w, "note: %s: CA and client certificate expiries and upstream failures are missing\n", rep.MetricsError)
+	}
+	return nil
+}
+
+// upstreamCell says what is known of a route's upstream: the gate's own
+// probe if it reports one, else how many clients it failed to reach it for.
+func upstreamCell(r routeReport, now time.Time) string {
+	if u := r.Upstream; u != nil {
+		ago := untilText(now.Sub(u.CheckedAt))
+		if u.Reachable {
+			return "up (checked " + ago + " ago)"
+		}
+		return "DOWN: " + u.Error + " (checked " + ago + " ago)"
+	}
+	if r.UpstreamUnavailable > 0 {
+		return fmt.Sprintf("%d failed dial(s) since start", r.UpstreamUnavailable)
+	}
+	return "no failed dials"
+}
+
+// expiryState is how `certs list` names a certificate's state.
+func expiryState(notAfter, now time.Time) string {
+	switch {
+	case !now.Before(notAfter):
+		return "EXPIRED"
+	case notAfter.Sub(now) < expiringWithin:
+		return "expiring"
+	}
+	return "ok"
+}
+
+// untilText shows a duration in the largest whole unit that fits.
+func untilText(d time.Duration) string {
+	neg := d < 0
+	if neg {
+		d = -d
+	}
+	var s string
+	switch {
+	case d >= 48*time.Hour:
+		s = strconv.Itoa(int(d/(24*time.Hour))) + "d"
+	case d >= 2*time.Hour:
+		s = strconv.Itoa(int(d/time.Hour)) + "h"
+	case d >= 2*time.Minute:
+		s = strconv.Itoa(int(d/time.Minute)) + "m"
+	default:
+		s = strconv.Itoa(int(d/time.Second)) + "s"
+	}
+	if neg {
+		return "-" + s
+	}
+	return s
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "NO (disabled)"
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
