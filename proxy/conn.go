@@ -84,6 +84,9 @@ type conn struct {
 	cutTimer  *time.Timer // aborts a cut that finds no message boundary
 	expiry    *time.Timer // cuts the connection when its certificate expires
 	cutting   atomic.Bool // a cut is pending: the copier looks for a boundary
+	// clientDone: the client has finished sending (EOF); the upstream's
+	// reads are bounded from then on.
+	clientDone atomic.Bool
 
 	phase     Phase
 	early     *Refusal // found before TLS, told after it

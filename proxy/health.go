@@ -75,8 +75,8 @@ func (s *Server) probeUpstreams(ctx context.Context, interval time.Duration) {
 func (s *Server) probe(ctx context.Context, r *Route, timeout time.Duration) {
 	d := net.Dialer{Timeout: timeout}
 	nc, err := d.DialContext(ctx, "tcp", r.Upstream)
-	if ctx.Err() != nil {
-		return // shutting down: not a verdict on the upstream
+	if ctx.Err() != nil || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+		return // shutting down, or the gate's own fd limit: not a verdict on the upstream
 	}
 	h := UpstreamHealth{Reachable: err == nil, CheckedAt: time.Now().UTC()}
 	if err != nil {

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"cmp"
 	"crypto/tls"
 	"crypto/x509"
@@ -254,6 +255,14 @@ func (c *Config) loadRules(i int) (*allowlist.Rules, error) {
 	rc := &c.Routes[i]
 	if rc.IPRulesFile == "" {
 		return nil, nil
+	}
+	// A blank file is most likely a write in progress (truncate, then
+	// write) seen between its two steps. Read as an empty allowlist it
+	// would cut every session of the route; refusing it keeps the old rules
+	// until the write lands. An empty list on purpose is "rules: []".
+	if data, err := os.ReadFile(rc.IPRulesFile); err == nil && len(bytes.TrimSpace(data)) == 0 {
+		return nil, c.problemAt([]any{"routes", i, "ip_rules_file"},
+			"route %q: ip_rules_file %s is empty (a write in progress?); to allow nobody, write \"rules: []\"", rc.Name, rc.IPRulesFile)
 	}
 	rules, err := allowlist.Load(rc.IPRulesFile)
 	switch {

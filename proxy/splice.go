@@ -74,6 +74,12 @@ func (c *conn) splice() error {
 	return errUp
 }
 
+// redisHalfCloseIdle bounds how long a Redis session whose client has
+// finished sending (half-close, as `redis-cli < commands` does) may wait
+// for its upstream without a byte: a client that left and a hung upstream
+// must not hold a session forever.
+const redisHalfCloseIdle = 60 * time.Second
+
 // clientToUpstream is one direction of splice, named so that goroutine
 // dumps say what each goroutine is doing.
 func (c *conn) clientToUpstream(errc chan<- error) {
@@ -82,6 +88,17 @@ func (c *conn) clientToUpstream(errc chan<- error) {
 	if err != nil {
 		c.client.Close()
 		c.upstream.Close()
+	} else {
+		// The client is done sending. A PostgreSQL client never half-closes:
+		// its session is over, and the server, which sees EOF, closes at
+		// once; give it the connect timeout, not forever. A Redis client may
+		// still be reading replies.
+		c.clientDone.Store(true)
+		idle := redisHalfCloseIdle
+		if c.lis.Protocol == ProtocolPostgres {
+			idle = c.snap.Config.Limits.UpstreamConnectTimeout
+		}
+		_ = c.upstream.SetReadDeadline(time.Now().Add(idle))
 	}
 	errc <- err
 }
@@ -155,6 +172,9 @@ func (c *conn) copyHalf(dst, src net.Conn) (int64, error) {
 			written += int64(nw)
 			if werr != nil {
 				return written, werr
+			}
+			if src == c.upstream && c.clientDone.Load() {
+				_ = src.SetReadDeadline(time.Now().Add(redisHalfCloseIdle)) // an idle bound, not a total one
 			}
 		}
 		buf = b.next(nr)
