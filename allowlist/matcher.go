@@ -3,10 +3,7 @@ package allowlist
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
-
-	"github.com/yl2chen/cidranger"
 )
 
 // Matcher answers whether an address is inside any of a route's rules.
@@ -14,26 +11,10 @@ import (
 // A Matcher is immutable once [NewMatcher] returns it, and safe for
 // concurrent use by many goroutines. A nil *Matcher, and one built from no
 // rules, matches nothing: the route then admits no one (fail closed).
-//
-// The table behind it is a cidranger path-compressed trie; it is kept
-// behind this type so that another table (such as github.com/gaissmai/bart)
-// can be measured in its place without changing callers.
 type Matcher struct {
-	ranger cidranger.Ranger
-	ids    []string // ids of the rules, in file order
+	table table
+	ids   []string // ids of the rules, in file order; the table's values index it
 }
-
-// entry is the trie's value for one rule: the block and the id of the rule
-// that owns it, so that Lookup can say which rule admitted a client.
-type entry struct {
-	network net.IPNet
-	id      string
-}
-
-var _ cidranger.RangerEntry = (*entry)(nil)
-
-// Network returns the rule's block, as cidranger wants it.
-func (e *entry) Network() net.IPNet { return e.network }
 
 // NewMatcher builds a Matcher from rules, normally the Rules of a parsed
 // file. Each rule's block is normalised (host bits cleared, IPv4-mapped
@@ -45,9 +26,41 @@ func (e *entry) Network() net.IPNet { return e.network }
 //
 // NewMatcher keeps no reference to rules.
 func NewMatcher(rules []Rule) (*Matcher, error) {
+	return newMatcher(rules, newBartTable)
+}
+
+// The table behind a Matcher is a github.com/gaissmai/bart Table, chosen
+// over the github.com/yl2chen/cidranger trie it replaced (issue 6). Lookup
+// runs on every new connection and a reload rebuilds the whole table, so
+// both must stay cheap for the largest rules files: the targets were at
+// most 150 ns a lookup at 100k rules, and a reload of a 100k-rule file
+// (Load and NewMatcher) under a second. BenchmarkLookup, BenchmarkNewMatcher
+// and BenchmarkReload run both tables side by side; on a busy 2-core Xeon,
+// median of 3 or 4 runs (a lookup is half hits, half misses):
+//
+//	                        cidranger                   bart
+//	Lookup, v4, 100k rules  1.7 µs, 2 allocs            105 ns, 0 allocs
+//	Lookup, v6, 100k rules  1.9 µs, 2 allocs            130 ns, 0 allocs
+//	Lookup, v4, 60 rules    190 ns, 2 allocs            34 ns, 0 allocs
+//	NewMatcher, v4, 100k    1.3 s, 167 MB, 8.9M allocs  95 ms, 21 MB, 227k allocs
+//	Reload, v4+v6, 100k     5.7 s (with yaml.v3)        0.22 s (with scanRules)
+//
+// bart works on netip values directly, where cidranger needs a net.IP
+// boxed in an interface and returns every containing block in a new
+// slice; and it walks at most one node per byte of the address, in
+// popcount-compressed arrays, where cidranger goes down a path-compressed
+// binary trie. Both return the longest (most specific) block. It is
+// bart.Table rather than bart.Lite, which keeps no value and so could not
+// say which rule matched, or bart.Fast, which in a trial was faster on
+// IPv4 but not clearly on IPv6 at 100k rules, for 40% more memory and
+// slower inserts. cidranger stays, as rangerTable, so that the comparison
+// can be run again: newMatcher takes either table.
+
+// newMatcher is NewMatcher with the table made by newTable.
+func newMatcher(rules []Rule, newTable func() table) (*Matcher, error) {
 	m := &Matcher{
-		ranger: cidranger.NewPCTrieRanger(),
-		ids:    make([]string, 0, len(rules)),
+		table: newTable(),
+		ids:   make([]string, 0, len(rules)),
 	}
 	var errs []error
 	seen := make(map[netip.Prefix]int, len(rules))
@@ -58,15 +71,14 @@ func NewMatcher(rules []Rule) (*Matcher, error) {
 		}
 		p := normalize(rule.CIDR)
 		if j, dup := seen[p]; dup {
-			// cidranger would silently keep one of the two, and Lookup
+			// Either table would keep only one of the two, and Lookup
 			// would then name the wrong rule in the audit log.
 			errs = append(errs, ruleError(i, rule.Line,
 				fmt.Sprintf("duplicate cidr %s; %s has the same block", p, where(j, rules[j]))))
 			continue
 		}
 		seen[p] = i
-		e := &entry{network: ipNet(p), id: rule.ID}
-		if err := m.ranger.Insert(e); err != nil {
+		if err := m.table.insert(p, len(m.ids)); err != nil {
 			errs = append(errs, ruleError(i, rule.Line, fmt.Sprintf("adding cidr %s to the table: %v", p, err)))
 			continue
 		}
@@ -78,52 +90,21 @@ func NewMatcher(rules []Rule) (*Matcher, error) {
 	return m, nil
 }
 
-// ipNet converts a normalised prefix to the net.IPNet cidranger stores. An
-// IPv4 block must be 4 bytes long: cidranger files a 16-byte address under
-// IPv4 only if it is IPv4-mapped, and normalize has already unmapped those.
-func ipNet(p netip.Prefix) net.IPNet {
-	a := p.Addr()
-	return net.IPNet{
-		IP:   net.IP(a.AsSlice()),
-		Mask: net.CIDRMask(p.Bits(), a.BitLen()),
-	}
-}
-
 // Lookup reports whether addr is inside one of the rules, and if so the id
 // of the rule that admits it; when rules nest, that is the most specific
 // one. addr is Unmap()ed first, so ::ffff:10.1.2.3 is looked up as
 // 10.1.2.3; IPv4 addresses then match only IPv4 rules and IPv6 addresses
 // only IPv6 rules. A zone is ignored. An invalid (zero) addr, or a nil m,
-// matches nothing.
-//
-// Lookup runs once per connection. cidranger's API forces a few small heap
-// allocations on each call: the net.IP handed through its interface, the
-// []uint32 it converts that to, and the result slice of ContainingNetworks
-// (Contains would spare that slice but cannot say which rule matched).
-// BenchmarkLookup measures them.
+// matches nothing. Lookup does not allocate.
 func (m *Matcher) Lookup(addr netip.Addr) (ruleID string, ok bool) {
 	if m == nil || len(m.ids) == 0 || !addr.IsValid() {
 		return "", false
 	}
-	addr = addr.Unmap()
-	var ip net.IP
-	if addr.Is4() {
-		a := addr.As4()
-		ip = a[:]
-	} else {
-		a := addr.As16()
-		ip = a[:]
-	}
-	entries, err := m.ranger.ContainingNetworks(ip)
-	if err != nil || len(entries) == 0 {
-		return "", false
-	}
-	// ContainingNetworks lists the blocks from shortest to longest prefix.
-	e, ok := entries[len(entries)-1].(*entry)
+	i, ok := m.table.lookup(addr.Unmap())
 	if !ok {
 		return "", false
 	}
-	return e.id, true
+	return m.ids[i], true
 }
 
 // Len returns the number of rules in force; 0 for a nil m.

@@ -1,6 +1,7 @@
 package allowlist
 
 import (
+	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"sync"
@@ -76,32 +77,54 @@ var matcherTests = []struct {
 	},
 }
 
+// tables are the tables a Matcher can be built on. The Matcher tests run
+// on each; NewMatcher uses the first.
+var tables = []struct {
+	name string
+	new  func() table
+}{
+	{"bart", newBartTable},
+	{"cidranger", newRangerTable},
+}
+
+func TestNewMatcherUsesBart(t *testing.T) {
+	m, err := NewMatcher(rulesOf(pp("10.0.0.0/8")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := m.table.(*bartTable); !ok {
+		t.Errorf("NewMatcher built a %T, want *bartTable", m.table)
+	}
+}
+
 func TestMatcher(t *testing.T) {
-	for _, tt := range matcherTests {
-		t.Run(tt.name, func(t *testing.T) {
-			rules := rulesOf(tt.pfx)
-			m, err := NewMatcher(rules)
-			if err != nil {
-				t.Fatalf("NewMatcher: %v", err)
-			}
-			if m.Len() != len(rules) {
-				t.Errorf("Len = %d, want %d", m.Len(), len(rules))
-			}
-			for s, i := range tt.wantIn {
-				ip := netip.MustParseAddr(s)
-				if id, ok := m.Lookup(ip); !ok || id != rules[i].ID {
-					t.Errorf("Lookup(%v) = %q, %v; want %q (rule %v), true", ip, id, ok, rules[i].ID, tt.pfx[i])
+	for _, tab := range tables {
+		for _, tt := range matcherTests {
+			t.Run(tab.name+"/"+tt.name, func(t *testing.T) {
+				rules := rulesOf(tt.pfx)
+				m, err := newMatcher(rules, tab.new)
+				if err != nil {
+					t.Fatalf("newMatcher: %v", err)
 				}
-			}
-			for _, ip := range tt.wantOut {
-				if id, ok := m.Lookup(ip); ok || id != "" {
-					t.Errorf("Lookup(%v) = %q, %v; want no match", ip, id, ok)
+				if m.Len() != len(rules) {
+					t.Errorf("Len = %d, want %d", m.Len(), len(rules))
 				}
-			}
-			if id, ok := m.Lookup(netip.Addr{}); ok || id != "" {
-				t.Errorf("Lookup(zero Addr) = %q, %v; want no match", id, ok)
-			}
-		})
+				for s, i := range tt.wantIn {
+					ip := netip.MustParseAddr(s)
+					if id, ok := m.Lookup(ip); !ok || id != rules[i].ID {
+						t.Errorf("Lookup(%v) = %q, %v; want %q (rule %v), true", ip, id, ok, rules[i].ID, tt.pfx[i])
+					}
+				}
+				for _, ip := range tt.wantOut {
+					if id, ok := m.Lookup(ip); ok || id != "" {
+						t.Errorf("Lookup(%v) = %q, %v; want no match", ip, id, ok)
+					}
+				}
+				if id, ok := m.Lookup(netip.Addr{}); ok || id != "" {
+					t.Errorf("Lookup(zero Addr) = %q, %v; want no match", id, ok)
+				}
+			})
+		}
 	}
 }
 
@@ -186,49 +209,142 @@ func TestNewMatcherErrors(t *testing.T) {
 			},
 		},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			m, err := NewMatcher(tt.rules)
-			if m != nil {
-				t.Errorf("NewMatcher returned a Matcher along with error %v", err)
-			}
-			if msgs := problems(t, err); !slices.Equal(msgs, tt.want) {
-				t.Errorf("NewMatcher problems:\n got %q\nwant %q", msgs, tt.want)
-			}
-		})
+	for _, tab := range tables {
+		for _, tt := range tests {
+			t.Run(tab.name+"/"+tt.name, func(t *testing.T) {
+				m, err := newMatcher(tt.rules, tab.new)
+				if m != nil {
+					t.Errorf("newMatcher returned a Matcher along with error %v", err)
+				}
+				if msgs := problems(t, err); !slices.Equal(msgs, tt.want) {
+					t.Errorf("newMatcher problems:\n got %q\nwant %q", msgs, tt.want)
+				}
+			})
+		}
 	}
 }
 
 // TestMatcherConcurrent gives the race detector lookups from many
 // goroutines on one Matcher.
 func TestMatcherConcurrent(t *testing.T) {
-	rules := rulesOf(pp("10.0.0.0/8", "10.1.0.0/16", "2001:db8::/32"))
-	m, err := NewMatcher(rules)
-	if err != nil {
-		t.Fatal(err)
-	}
-	addrs := aa("10.0.0.1", "10.1.0.1", "2001:db8::1", "8.8.8.8", "::ffff:10.1.0.1")
-	want := []string{rules[0].ID, rules[1].ID, rules[2].ID, "", rules[1].ID}
-	var wg sync.WaitGroup
-	errs := make(chan string, 8)
-	for range 8 {
-		wg.Go(func() {
-			for range 500 {
-				for i, ip := range addrs {
-					if id, _ := m.Lookup(ip); id != want[i] {
-						select {
-						case errs <- ip.String() + " matched " + id + ", want " + want[i]:
-						default:
+	for _, tab := range tables {
+		t.Run(tab.name, func(t *testing.T) {
+			rules := rulesOf(pp("10.0.0.0/8", "10.1.0.0/16", "2001:db8::/32"))
+			m, err := newMatcher(rules, tab.new)
+			if err != nil {
+				t.Fatal(err)
+			}
+			addrs := aa("10.0.0.1", "10.1.0.1", "2001:db8::1", "8.8.8.8", "::ffff:10.1.0.1")
+			want := []string{rules[0].ID, rules[1].ID, rules[2].ID, "", rules[1].ID}
+			var wg sync.WaitGroup
+			errs := make(chan string, 8)
+			for range 8 {
+				wg.Go(func() {
+					for range 500 {
+						for i, ip := range addrs {
+							if id, _ := m.Lookup(ip); id != want[i] {
+								select {
+								case errs <- ip.String() + " matched " + id + ", want " + want[i]:
+								default:
+								}
+								return
+							}
 						}
-						return
 					}
-				}
+				})
+			}
+			wg.Wait()
+			close(errs)
+			for e := range errs {
+				t.Error(e)
 			}
 		})
 	}
-	wg.Wait()
-	close(errs)
-	for e := range errs {
-		t.Error(e)
+}
+
+// TestMatcherMostSpecific checks both tables against a linear scan on
+// many nested blocks of both families: each lookup must name the rule with
+// the longest block holding the address, or none.
+func TestMatcherMostSpecific(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 8))
+	// Few distinct top bytes and a full range of lengths make blocks nest
+	// deeply, the case where a table could pick a shorter block.
+	randAddr := func(v6 bool) netip.Addr {
+		if v6 {
+			var b [16]byte
+			b[0], b[1] = 0x20, byte(rng.IntN(2))
+			for i := 2; i < 16; i++ {
+				b[i] = byte(rng.Uint32())
+			}
+			return netip.AddrFrom16(b)
+		}
+		return netip.AddrFrom4([4]byte{10, byte(rng.IntN(4)), byte(rng.Uint32()), byte(rng.Uint32())})
 	}
+	var ps []netip.Prefix
+	seen := map[netip.Prefix]bool{}
+	for len(ps) < 2000 {
+		v6 := rng.IntN(2) == 0
+		a := randAddr(v6)
+		bits := 8 + rng.IntN(a.BitLen()-7)
+		p := netip.PrefixFrom(a, bits).Masked()
+		if !seen[p] {
+			seen[p] = true
+			ps = append(ps, p)
+		}
+	}
+	rules := rulesOf(ps)
+	var addrs []netip.Addr
+	for range 5000 {
+		addrs = append(addrs, randAddr(rng.IntN(2) == 0))
+	}
+	for _, p := range ps {
+		addrs = append(addrs, p.Addr(), lastAddr(p))
+	}
+	addrs = append(addrs, aa("::ffff:10.1.2.3", "::ffff:10.0.0.0", "10.255.255.255", "::", "0.0.0.0")...)
+
+	want := make([]string, len(addrs))
+	for i, a := range addrs {
+		best := -1
+		for j, p := range ps {
+			if p.Contains(a.Unmap()) && (best < 0 || p.Bits() > ps[best].Bits()) {
+				best = j
+			}
+		}
+		if best >= 0 {
+			want[i] = rules[best].ID
+		}
+	}
+	for _, tab := range tables {
+		t.Run(tab.name, func(t *testing.T) {
+			m, err := newMatcher(rules, tab.new)
+			if err != nil {
+				t.Fatal(err)
+			}
+			hits, fails := 0, 0
+			for i, a := range addrs {
+				id, ok := m.Lookup(a)
+				if ok != (want[i] != "") || id != want[i] {
+					if fails++; fails <= 10 {
+						t.Errorf("Lookup(%v) = %q, %v; want %q", a, id, ok, want[i])
+					}
+				}
+				if ok {
+					hits++
+				}
+			}
+			if hits < len(ps) {
+				t.Errorf("only %d of %d lookups matched; the test exercises too little", hits, len(addrs))
+			}
+		})
+	}
+}
+
+// lastAddr returns the highest address of p.
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Addr().AsSlice()
+	for i := p.Bits(); i < len(b)*8; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
 }
