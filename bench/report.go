@@ -1,0 +1,206 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"math"
+	"strings"
+)
+
+// findTarget returns the named target's result in row, or nil.
+func findTarget(row *Row, name string) *TargetResult {
+	for i := range row.Targets {
+		if row.Targets[i].Target == name && row.Targets[i].Median.Err == "" {
+			return &row.Targets[i]
+		}
+	}
+	return nil
+}
+
+// headlines computes the ratios issue 6 asks for from whichever rows were
+// measured.
+func headlines(rows []Row) []Headline {
+	byName := make(map[string]*Row)
+	for i := range rows {
+		byName[rows[i].Name] = &rows[i]
+	}
+	var hs []Headline
+	// vs adds spacegate's figure divided by other's; other "" is the best
+	// peer. cpu compares CPU per unit instead of the row's value.
+	vs := func(what, rowName, other string, cpu bool) {
+		row := byName[rowName]
+		if row == nil {
+			return
+		}
+		if other == "" {
+			other = row.BestPeer
+		}
+		sg, ot := findTarget(row, targetSpacegate), findTarget(row, other)
+		if sg == nil || ot == nil {
+			return
+		}
+		a, b, unit, higher := sg.Median.Value, ot.Median.Value, row.Unit, row.HigherIsBetter
+		if cpu {
+			a, b, unit, higher = sg.Median.CPUus, ot.Median.CPUus, row.CPUUnit, false
+		}
+		if b == 0 {
+			return
+		}
+		hs = append(hs, Headline{
+			What:   what,
+			Row:    rowName,
+			Ratio:  a / b,
+			Detail: fmt.Sprintf("spacegate %s %s vs %s %s", num(a), unit, other, num(b)),
+			Better: (higher && a > b) || (!higher && a < b),
+		})
+	}
+	vs("pgbench -S, 8 clients: TPS vs best of stunnel/PgBouncer", "pg-select-8", "", false)
+	vs("pgbench -S, 8 clients: proxy CPU per transaction vs HAProxy (lower is better)", "pg-select-8", targetHAProxy, true)
+	vs("pgbench -S, 8 clients: proxy CPU per transaction vs stunnel (lower is better)", "pg-select-8", targetStunnel, true)
+	vs("pgbench -S, 64 clients: TPS vs best peer", "pg-select-64", "", false)
+	vs("pgbench TPC-B, 8 clients: TPS vs best peer", "pg-tpcb-8", "", false)
+	vs("pgbench TPC-B, 64 clients: TPS vs best peer", "pg-tpcb-64", "", false)
+	vs("pgbench -C: connections/s vs stunnel", "pg-connect-8", targetStunnel, false)
+	vs("pgbench -C: proxy CPU per connection vs stunnel (lower is better)", "pg-connect-8", targetStunnel, true)
+	vs("redis GET -c 50: ops/s vs stunnel", "redis-get-c50", targetStunnel, false)
+	vs("redis SET -c 50: ops/s vs stunnel", "redis-set-c50", targetStunnel, false)
+	vs("redis GET -P 16: ops/s vs stunnel", "redis-get-p16", targetStunnel, false)
+	vs("redis SET -P 16: ops/s vs stunnel", "redis-set-p16", targetStunnel, false)
+	vs("redis GET -k 0: ops/s vs stunnel", "redis-get-k0", targetStunnel, false)
+	vs("bulk COPY out: MiB/s vs best peer", "pg-copy", "", false)
+	vs("bulk COPY out: MiB/s vs direct TLS", "pg-copy", targetDirect, false)
+	vs("idle, 1k connections: RSS per connection vs stunnel (lower is better)", "idle-1k", targetStunnel, false)
+	vs("idle, 10k connections: RSS per connection vs stunnel (lower is better)", "idle-10k", targetStunnel, false)
+	return hs
+}
+
+// writeMarkdown writes the results as markdown: the machine, the headline
+// ratios, then one table per row.
+func writeMarkdown(w io.Writer, r *Results) {
+	m := r.Machine
+	fmt.Fprintf(w, "# spacegate load test, %s\n\n", r.Started)
+	fmt.Fprintf(w, "Machine: %d CPUs (%s), %s, kernel %s, %s RAM. Go %s. spacegate %s.\n\n",
+		m.NumCPU, m.CPUModel, m.OS, m.Kernel, m.Memory, m.GoVersion, m.SpacegateCommit)
+	fmt.Fprintf(w, "Packages: %s.\n\n", strings.Join(m.Packages, ", "))
+	s := r.Settings
+	fmt.Fprintf(w, "Settings: %d round(s), targets interleaved (order rotated each round), about %.0f s per run, pgbench scale %d, RLIMIT_NOFILE %d. Took %s. Figures are medians over rounds; min–max is the spread of the main figure.\n\n",
+		s.Rounds, s.RunSeconds, s.PgbenchScale, s.FDLimit, fmtDuration(r.Seconds))
+	if len(r.Headlines) > 0 {
+		fmt.Fprintf(w, "## Issue 6 targets\n\n| figure | ratio (spacegate / other) | detail |\n|---|---:|---|\n")
+		for _, h := range r.Headlines {
+			mark := ""
+			if h.Better {
+				mark = " ✓"
+			}
+			fmt.Fprintf(w, "| %s | %.2f%s | %s |\n", h.What, h.Ratio, mark, h.Detail)
+		}
+		fmt.Fprintln(w)
+	}
+	for _, row := range r.Rows {
+		fmt.Fprintf(w, "## %s: %s\n\n", row.Name, row.Title)
+		if row.Command != "" {
+			fmt.Fprintf(w, "`%s`", row.Command)
+			if row.Note != "" {
+				fmt.Fprintf(w, "; %s", row.Note)
+			}
+			fmt.Fprintf(w, "\n\n")
+		}
+		lat := false
+		for _, t := range row.Targets {
+			if t.Median.P50ms > 0 {
+				lat = true
+			}
+		}
+		fmt.Fprintf(w, "| target | %s | min–max |", row.Unit)
+		if lat {
+			fmt.Fprintf(w, " p50 ms | p99 ms |")
+		}
+		fmt.Fprintf(w, " proxy CPU %s | proxy peak RSS MiB | vs best peer | CPU vs HAProxy |\n|---|---:|---:|", row.CPUUnit)
+		if lat {
+			fmt.Fprintf(w, "---:|---:|")
+		}
+		fmt.Fprintf(w, "---:|---:|---:|---:|\n")
+		for _, t := range row.Targets {
+			name := t.Target
+			if t.Role == roleSubject {
+				name = "**" + name + "**"
+			}
+			if t.Median.Err != "" {
+				fmt.Fprintf(w, "| %s | failed: %s |\n", name, firstError(t))
+				continue
+			}
+			fmt.Fprintf(w, "| %s | %s | %s–%s |", name, num(t.Median.Value), num(t.Min), num(t.Max))
+			if lat {
+				fmt.Fprintf(w, " %s | %s |", ms(t.Median.P50ms), ms(t.Median.P99ms))
+			}
+			fmt.Fprintf(w, " %s | %s | %s | %s |\n", optNum(t.Median.CPUus), mib(t.Median.PeakRSS), ratio(t.VsBestPeer), ratio(t.CPUVsFloor))
+		}
+		fmt.Fprintln(w)
+	}
+}
+
+// firstError returns the first failed sample's error, on one line.
+func firstError(t TargetResult) string {
+	for _, s := range t.Samples {
+		if s.Err != "" {
+			e := strings.ReplaceAll(s.Err, "\n", " ")
+			e = strings.ReplaceAll(e, "|", "/")
+			if len(e) > 200 {
+				e = e[:200] + "…"
+			}
+			return e
+		}
+	}
+	return "no samples"
+}
+
+// num formats a figure with about three significant digits.
+func num(x float64) string {
+	switch a := math.Abs(x); {
+	case math.IsNaN(x):
+		return "-"
+	case a >= 1e6:
+		return fmt.Sprintf("%.2fM", x/1e6)
+	case a >= 1e4:
+		return fmt.Sprintf("%.1fk", x/1e3)
+	case a >= 100:
+		return fmt.Sprintf("%.0f", x)
+	case a >= 10:
+		return fmt.Sprintf("%.1f", x)
+	default:
+		return fmt.Sprintf("%.2f", x)
+	}
+}
+
+func optNum(x float64) string {
+	if x == 0 {
+		return "-"
+	}
+	return num(x)
+}
+
+func ms(x float64) string {
+	if x == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.3f", x)
+}
+
+func mib(b int64) string {
+	if b == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.1f", float64(b)/(1<<20))
+}
+
+func ratio(x float64) string {
+	if x == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f", x)
+}
+
+func fmtDuration(secs float64) string {
+	m := int(secs) / 60
+	return fmt.Sprintf("%dm%02ds", m, int(secs)%60)
+}
