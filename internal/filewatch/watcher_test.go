@@ -96,18 +96,6 @@ func countSignals(t testing.TB, w *Watcher) int {
 	}
 }
 
-// eventually polls cond until it holds or waitFor passes.
-func eventually(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitFor)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not true within %v", what, waitFor)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func write(t testing.TB, path, content string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
