@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -157,7 +156,7 @@ func setup(ctx context.Context, o setupOptions) (e *env, err error) {
 		key:    filepath.Join(gateDir, "client", "postgresql.key"),
 		rootCA: filepath.Join(gateDir, "client", "root.crt"),
 	}
-	cred, err := unprivilegedCredential()
+	cred, err := testenv.PostgresCredential() // PgBouncer refuses root too
 	if err != nil {
 		return nil, err
 	}
@@ -271,28 +270,6 @@ func buildSpacegate(ctx context.Context, dir string) (string, error) {
 		return "", fmt.Errorf("building spacegate: %w; output:\n%s", err, out)
 	}
 	return bin, nil
-}
-
-// unprivilegedCredential returns whom to run PgBouncer as: nil (the
-// caller) unless the caller is root, which PgBouncer refuses, and then the
-// postgres user.
-func unprivilegedCredential() (*syscall.Credential, error) {
-	if os.Geteuid() != 0 {
-		return nil, nil
-	}
-	u, err := user.Lookup("postgres")
-	if err != nil {
-		return nil, fmt.Errorf("running as root, PgBouncer needs an unprivileged user to run as: %w", err)
-	}
-	uid, err := strconv.ParseUint(u.Uid, 10, 32)
-	if err != nil {
-		return nil, fmt.Errorf("parsing uid %q of user postgres: %w", u.Uid, err)
-	}
-	gid, err := strconv.ParseUint(u.Gid, 10, 32)
-	if err != nil {
-		return nil, fmt.Errorf("parsing gid %q of user postgres: %w", u.Gid, err)
-	}
-	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
 }
 
 // serverTLSFiles copies the gate's server certificate, key and the space

@@ -92,7 +92,7 @@ func StartPostgres(opts PostgresOptions) (*Postgres, error) {
 	if err != nil {
 		return nil, err
 	}
-	cred, err := postgresCredential()
+	cred, err := PostgresCredential()
 	if err != nil {
 		return nil, err
 	}
@@ -140,7 +140,7 @@ func StartPostgres(opts PostgresOptions) (*Postgres, error) {
 func StartPostgresT(t testing.TB, opts PostgresOptions) *Postgres {
 	t.Helper()
 	Require(t, "initdb", "postgres")
-	if _, err := postgresCredential(); err != nil {
+	if _, err := PostgresCredential(); err != nil {
 		if Strict() {
 			t.Fatalf("%v; failing because %s=1", err, StrictEnv)
 		}
@@ -415,16 +415,17 @@ func (p *Postgres) chown(path string) error {
 	return nil
 }
 
-// postgresCredential returns whom to run initdb and postgres as: nil, the
-// caller, unless the caller is root, which PostgreSQL refuses, in which case
-// the "postgres" user Debian's packages create.
-func postgresCredential() (*syscall.Credential, error) {
+// PostgresCredential returns whom to run initdb and postgres (and other
+// servers that refuse root, such as PgBouncer) as: nil, the caller, unless
+// the caller is root, in which case the "postgres" user Debian's packages
+// create.
+func PostgresCredential() (*syscall.Credential, error) {
 	if os.Geteuid() != 0 {
 		return nil, nil
 	}
 	u, err := user.Lookup("postgres")
 	if err != nil {
-		return nil, fmt.Errorf("running as root, PostgreSQL needs an unprivileged user to run as: %w", err)
+		return nil, fmt.Errorf("running as root, servers that refuse root need an unprivileged user to run as: %w", err)
 	}
 	uid, err := strconv.ParseUint(u.Uid, 10, 32)
 	if err != nil {
