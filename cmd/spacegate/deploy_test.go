@@ -55,13 +55,8 @@ func TestDeployMetricsExist(t *testing.T) {
 		t.Fatalf("found only %d metric names in the dashboard and alerts: %v", len(used), used)
 	}
 
-	bin := needBinary(t)
-	pg := testenv.StartPostgresT(t, testenv.PostgresOptions{})
-	dir, _ := makeQuickstart(t)
-	gate := gateAddrs{pg: testenv.FreeAddr(t), redis: testenv.FreeAddr(t), admin: testenv.FreeAddr(t)}
-	config := rewriteQuickstartConfig(t, dir, gate, pg.Addr, testenv.FreeAddr(t), "json")
-	p := startServe(t, bin, config)
-	p.waitReady(t, gate.admin)
+	g := startGateBinary(t)
+	dir, config, gate, p := g.dir, g.config, g.addrs, g.proc
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()

@@ -32,7 +32,7 @@ func TestServeProcess(t *testing.T) {
 	for _, format := range []string{"json", "console"} {
 		t.Run(format, func(t *testing.T) {
 			dir, _ := makeQuickstart(t)
-			gate := gateAddrs{pg: testenv.FreeAddr(t), redis: testenv.FreeAddr(t), admin: testenv.FreeAddr(t)}
+			gate := freeGateAddrs(t)
 			config := rewriteQuickstartConfig(t, dir, gate, pg.Addr, rd.Addr, format)
 
 			p := startServe(t, bin, config)
@@ -69,6 +69,34 @@ func TestServeProcess(t *testing.T) {
 
 // gateAddrs are the addresses the gate under test listens on.
 type gateAddrs struct{ pg, redis, admin string }
+
+// freeGateAddrs picks free loopback addresses for a gate's listeners.
+func freeGateAddrs(t *testing.T) gateAddrs {
+	return gateAddrs{pg: testenv.FreeAddr(t), redis: testenv.FreeAddr(t), admin: testenv.FreeAddr(t)}
+}
+
+// gateRun is a spacegate process started by startGateBinary.
+type gateRun struct {
+	dir    string // the quickstart directory: PKI, client bundle, rules
+	config string // the config file it serves
+	addrs  gateAddrs
+	proc   *serveProcess
+}
+
+// startGateBinary runs the built spacegate in front of a fresh PostgreSQL
+// (Redis upstream unused) with a quickstart PKI, and waits until it is
+// ready.
+func startGateBinary(t *testing.T) gateRun {
+	t.Helper()
+	bin := needBinary(t)
+	pg := testenv.StartPostgresT(t, testenv.PostgresOptions{})
+	g := gateRun{addrs: freeGateAddrs(t)}
+	g.dir, _ = makeQuickstart(t)
+	g.config = rewriteQuickstartConfig(t, g.dir, g.addrs, pg.Addr, testenv.FreeAddr(t), "json")
+	g.proc = startServe(t, bin, g.config)
+	g.proc.waitReady(t, g.addrs.admin)
+	return g
+}
 
 // rewriteQuickstartConfig points the quickstart config in dir at free ports
 // and at the given upstreams, with logs in format, and returns its path.

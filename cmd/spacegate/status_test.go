@@ -39,13 +39,8 @@ func runStatusCmd(t *testing.T, args ...string) (string, error) {
 // TestStatusLiveGate asks a real gate, with one live PostgreSQL session
 // through it, for its status as a table and as JSON.
 func TestStatusLiveGate(t *testing.T) {
-	bin := needBinary(t)
-	pg := testenv.StartPostgresT(t, testenv.PostgresOptions{})
-	dir, _ := makeQuickstart(t)
-	gate := gateAddrs{pg: testenv.FreeAddr(t), redis: testenv.FreeAddr(t), admin: testenv.FreeAddr(t)}
-	config := rewriteQuickstartConfig(t, dir, gate, pg.Addr, testenv.FreeAddr(t), "json")
-	p := startServe(t, bin, config)
-	p.waitReady(t, gate.admin)
+	g := startGateBinary(t)
+	dir, config, gate := g.dir, g.config, g.addrs
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

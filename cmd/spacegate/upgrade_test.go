@@ -45,7 +45,7 @@ func TestZeroDowntimeUpgrade(t *testing.T) {
 	}
 
 	dir, _ := makeQuickstart(t)
-	gate := gateAddrs{pg: testenv.FreeAddr(t), redis: testenv.FreeAddr(t), admin: testenv.FreeAddr(t)}
+	gate := freeGateAddrs(t)
 	configA := rewriteQuickstartConfig(t, dir, gate, pg.Addr, testenv.FreeAddr(t), "json")
 	setLimits(t, configA, fmt.Sprintf("drain_timeout: %s\n  shutdown_delay: %s", upgradeDrain, upgradeShutdownDelay))
 	// B: the same config but its own admin endpoint, which is not shared.
