@@ -70,7 +70,9 @@ type conn struct {
 	nc       net.Conn // the accepted TCP connection
 	client   net.Conn // what the client speaks through: nc, or the TLS conn over it
 	tlsConn  *tls.Conn
+	fd       *fdConn  // under tlsConn: how the socket moves to an event loop
 	upstream net.Conn // set by setUpstream only
+	sess     *session // set, under mu, once an event loop runs the splice
 
 	// chain is the client's certificate chain, kept to check it again
 	// after a reload. Set before the connection is listed as admitted.
@@ -104,9 +106,15 @@ type conn struct {
 
 // serve runs the connection to its end. It never returns an error: the
 // outcome goes to the client, the audit log and the metrics.
-func (c *conn) serve(ctx context.Context) {
+// It reports whether an event loop took the connection over, and with it
+// the finish.
+func (c *conn) serve(ctx context.Context) (handedOff bool) {
 	err := c.run(ctx)
+	if err == errHandedOff {
+		return true
+	}
 	c.finish(err)
+	return false
 }
 
 // run is the life of a connection as a list of steps.
@@ -166,7 +174,6 @@ func (c *conn) run(ctx context.Context) error {
 	m.active.WithLabelValues(c.route.Name).Inc()
 	m.observeClientCert(c.route.Name, c.identity)
 	c.srv.conns.update(c)
-	defer m.active.WithLabelValues(c.route.Name).Dec()
 	c.armExpiry()
 	return c.splice()
 }
@@ -253,7 +260,8 @@ func (c *conn) startTLS(ctx context.Context, prefix []byte) error {
 			return c.lis.Routes[0].TLS, nil
 		}}
 	}
-	tc := tls.Server(raw, cfg)
+	c.fd = newFdConn(raw)
+	tc := tls.Server(c.fd, cfg)
 	c.tlsConn = tc
 	if err := tc.HandshakeContext(ctx); err != nil {
 		// Nothing can be told to a client whose TLS failed; the log says why.
@@ -300,6 +308,10 @@ func (c *conn) abort() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.aborted = true
+	if c.sess != nil {
+		c.sess.l.post(loopCmd{kind: cmdAbort, s: c.sess})
+		return
+	}
 	c.nc.Close()
 	if c.upstream != nil {
 		c.upstream.Close()
@@ -312,6 +324,9 @@ func (c *conn) finish(err error) {
 	var ref *Refusal
 	if err != nil && !errors.As(err, &ref) && !errors.Is(err, errCancelHandled) {
 		ref = c.classify(err)
+	}
+	if c.phase == PhaseSplice {
+		c.srv.metrics.active.WithLabelValues(c.route.Name).Dec()
 	}
 	if c.upstream != nil {
 		c.upstream.Close()

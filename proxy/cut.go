@@ -27,16 +27,21 @@ func (c *conn) cut(r *Refusal) {
 		return
 	}
 	c.cutReason = r
-	up := c.upstream
-	c.mu.Unlock()
+	// Set under mu: a session handed to an event loop after this sees it.
 	c.cutting.Store(true)
+	up, sess := c.upstream, c.sess
+	c.mu.Unlock()
 	if c.lis.Protocol != ProtocolPostgres || up == nil {
 		c.abort()
 		return
 	}
 	// Wake the upstream-to-client copier, the only writer to the client,
 	// so that it sends the notice itself between two messages.
-	_ = up.SetReadDeadline(time.Now())
+	if sess != nil {
+		sess.l.post(loopCmd{kind: cmdCut, s: sess})
+	} else {
+		_ = up.SetReadDeadline(time.Now())
+	}
 	t := time.AfterFunc(cutGrace, c.abort)
 	c.mu.Lock()
 	c.cutTimer = t

@@ -113,27 +113,31 @@ type envOptions struct {
 	top    string       // more top-level YAML (proxy_protocol:, pki:)
 	limits string       // more keys under limits:, indented two spaces
 	pki    *testenv.PKI // default: a new one
+	// goroutineSplice: copy with two goroutines per session, not the
+	// event loops (Options.GoroutineSplice).
+	goroutineSplice bool
 }
 
 // env is a running gate in front of real upstreams, with its PKI.
 type env struct {
-	t        testing.TB
-	dir      string
-	pki      *testenv.PKI
-	client   *testenv.ClientCert // a good client certificate
-	srv      *Server
-	pgAddr   string // the gate's PostgreSQL listener
-	redisAdr string // the gate's Redis listener
-	admin    string // base URL of the admin endpoint
-	logs     *observer.ObservedLogs
-	stop     context.CancelFunc
-	done     chan error
-	cfgPath  string
+	t               testing.TB
+	dir             string
+	pki             *testenv.PKI
+	client          *testenv.ClientCert // a good client certificate
+	srv             *Server
+	pgAddr          string // the gate's PostgreSQL listener
+	redisAdr        string // the gate's Redis listener
+	admin           string // base URL of the admin endpoint
+	logs            *observer.ObservedLogs
+	stop            context.CancelFunc
+	goroutineSplice bool
+	done            chan error
+	cfgPath         string
 }
 
 func newEnv(t testing.TB, o envOptions) *env {
 	t.Helper()
-	e := &env{t: t, dir: t.TempDir(), pki: o.pki}
+	e := &env{t: t, dir: t.TempDir(), pki: o.pki, goroutineSplice: o.goroutineSplice}
 	if e.pki == nil {
 		e.pki = testenv.NewPKI(t)
 	}
@@ -221,7 +225,7 @@ func (e *env) start() {
 	}
 	core, logs := observer.New(zap.DebugLevel)
 	e.logs = logs
-	srv, err := NewServer(Options{Config: cfg, Logger: zap.New(core)})
+	srv, err := NewServer(Options{Config: cfg, Logger: zap.New(core), GoroutineSplice: e.goroutineSplice})
 	if err != nil {
 		t.Fatalf("NewServer: %v", err)
 	}
@@ -312,4 +316,17 @@ func mustLeafSerial(t testing.TB, certPEM []byte) *big.Int {
 		t.Fatal(err)
 	}
 	return c.SerialNumber
+}
+
+// forEachSplice runs f with the event loops and with the goroutine splice
+// they replaced, which still serves what the loops do not take (upstream
+// TLS).
+func forEachSplice(t *testing.T, f func(t *testing.T, goroutines bool)) {
+	for _, g := range []bool{false, true} {
+		name := "loop"
+		if g {
+			name = "goroutines"
+		}
+		t.Run(name, func(t *testing.T) { f(t, g) })
+	}
 }

@@ -786,9 +786,13 @@ func (tr transfer) run(e *env, peer *transferPeer) error {
 // sides and half-closes in both directions through the gate; every byte
 // arrives, in order, unchanged. SPACEGATE_SEED reproduces a run.
 func TestRandomTransfersArriveIntact(t *testing.T) {
+	forEachSplice(t, testRandomTransfersArriveIntact)
+}
+
+func testRandomTransfersArriveIntact(t *testing.T, goroutines bool) {
 	peer := &transferPeer{}
 	p := startPeer(t, peer.serve)
-	e := newEnv(t, envOptions{noPostgres: true, redisUpstream: p.ln.Addr().String()})
+	e := newEnv(t, envOptions{noPostgres: true, redisUpstream: p.ln.Addr().String(), goroutineSplice: goroutines})
 	base := settledResources(t)
 
 	seed := uint64(time.Now().UnixNano())

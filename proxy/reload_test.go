@@ -128,7 +128,11 @@ func requireAlive(t *testing.T, c *pgx.Conn) {
 }
 
 func TestReloadRulesCutsRemovedSource(t *testing.T) {
-	e := newEnv(t, envOptions{noRedis: true, rules: []string{"127.0.0.1/32", "127.0.0.2/32"}})
+	forEachSplice(t, testReloadRulesCutsRemovedSource)
+}
+
+func testReloadRulesCutsRemovedSource(t *testing.T, goroutines bool) {
+	e := newEnv(t, envOptions{noRedis: true, rules: []string{"127.0.0.1/32", "127.0.0.2/32"}, goroutineSplice: goroutines})
 	stay, err := pgConnect(t, e.pgConnString(e.client))
 	if err != nil {
 		t.Fatal(err)

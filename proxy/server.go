@@ -37,6 +37,9 @@ type Options struct {
 	// that file events missed (network file systems). Zero means 30s;
 	// negative turns polling off.
 	PollInterval time.Duration
+	// GoroutineSplice copies every session with two goroutines, as the
+	// gate did before its event loops (loop.go): for comparison and tests.
+	GoroutineSplice bool
 }
 
 // Server is a running gate: one listener per route, the admin endpoint, and
@@ -69,6 +72,9 @@ type Server struct {
 
 	ready    chan struct{} // closed once every listener is open
 	draining atomic.Bool
+
+	goroutineSplice bool
+	loops           *loops // while running, unless goroutineSplice
 }
 
 // NewServer loads every file the config names and returns a Server ready to
@@ -89,6 +95,8 @@ func NewServer(opts Options) (*Server, error) {
 		ready:        make(chan struct{}),
 		pollInterval: opts.PollInterval,
 		notify:       opts.Notify,
+
+		goroutineSplice: opts.GoroutineSplice,
 	}
 	if s.notify == nil {
 		s.notify = func(string) {}
@@ -144,6 +152,16 @@ func (s *Server) Run(ctx context.Context) error {
 	if err := s.startAdmin(snap.Config.Admin); err != nil {
 		s.closeListeners()
 		return err
+	}
+	if !s.goroutineSplice {
+		ls, err := startLoops(0)
+		if err != nil {
+			s.closeListeners()
+			s.stopAdmin()
+			return err
+		}
+		s.loops = ls
+		defer ls.stop() // after the drain: every session has ended
 	}
 	connCtx, cancelConns := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelConns()
@@ -286,12 +304,12 @@ func (s *Server) acceptLoop(ctx context.Context, addr string, ln net.Listener) {
 
 // serveConn serves one accepted connection; it owns and closes nc.
 func (s *Server) serveConn(ctx context.Context, addr string, nc net.Conn) {
-	defer s.wg.Done()
 	snap := s.Snapshot()
 	l := snap.Listener(addr)
 	if l == nil {
 		s.pending.Add(-1)
 		nc.Close()
+		s.wg.Done()
 		return
 	}
 	peer := addrPort(nc.RemoteAddr())
@@ -310,7 +328,9 @@ func (s *Server) serveConn(ctx context.Context, addr string, nc net.Conn) {
 		c.route = l.Routes[0]
 	}
 	s.conns.add(c)
-	c.serve(ctx)
+	if !c.serve(ctx) {
+		s.wg.Done() // else the event loop's finishSession does
+	}
 }
 
 // addrPort returns a connection's address with IPv4-mapped IPv6 addresses

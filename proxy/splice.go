@@ -59,6 +59,11 @@ func (b *spliceBuf) release() {
 // direction goes on, so every byte in flight is delivered (half-close). An
 // error in either direction ends both.
 func (c *conn) splice() error {
+	if err := c.handOff(); err == nil {
+		return errHandedOff
+	} else if !errors.Is(err, errors.ErrUnsupported) {
+		return err
+	}
 	errc := make(chan error, 1)
 	go c.clientToUpstream(errc)
 	errDown := c.upstreamToClient()

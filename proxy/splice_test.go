@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -101,7 +102,9 @@ func TestNothingReachesUpstreamOnRefusal(t *testing.T) {
 
 // TestSpliceHalfClose: each direction's end of stream reaches the other
 // side while the opposite direction goes on, and every byte arrives.
-func TestSpliceHalfClose(t *testing.T) {
+func TestSpliceHalfClose(t *testing.T) { forEachSplice(t, testSpliceHalfClose) }
+
+func testSpliceHalfClose(t *testing.T, goroutines bool) {
 	// The upstream reads the whole request until the client's EOF, then
 	// answers with the request reversed, then closes.
 	peer := startPeer(t, func(nc net.Conn) {
@@ -118,7 +121,7 @@ func TestSpliceHalfClose(t *testing.T) {
 			nc.Write(rev)
 		}()
 	})
-	e := newEnv(t, envOptions{noPostgres: true, redisUpstream: peer.ln.Addr().String()})
+	e := newEnv(t, envOptions{noPostgres: true, redisUpstream: peer.ln.Addr().String(), goroutineSplice: goroutines})
 	for _, size := range []int{0, 1, 16 << 10, 5 << 20} {
 		req := make([]byte, size)
 		rand.Read(req)
@@ -154,6 +157,10 @@ func TestSpliceHalfClose(t *testing.T) {
 // finished sending and whose upstream stays silent still ends at the drain
 // timeout; closing the client side alone would leave it waiting upstream.
 func TestDrainTimeoutEndsHalfClosedSession(t *testing.T) {
+	forEachSplice(t, testDrainTimeoutEndsHalfClosedSession)
+}
+
+func testDrainTimeoutEndsHalfClosedSession(t *testing.T, goroutines bool) {
 	release := make(chan struct{})
 	peer := startPeer(t, func(nc net.Conn) {
 		go func() {
@@ -163,7 +170,7 @@ func TestDrainTimeoutEndsHalfClosedSession(t *testing.T) {
 		}()
 	})
 	defer close(release)
-	e := newEnv(t, envOptions{noPostgres: true, redisUpstream: peer.ln.Addr().String(), drainTimeout: "300ms"})
+	e := newEnv(t, envOptions{noPostgres: true, redisUpstream: peer.ln.Addr().String(), drainTimeout: "300ms", goroutineSplice: goroutines})
 	tc, err := tls.Dial("tcp", e.redisAdr, &tls.Config{RootCAs: e.pki.ServerPool(), ServerName: "localhost", Certificates: []tls.Certificate{e.client.TLS}})
 	if err != nil {
 		t.Fatal(err)
@@ -181,4 +188,44 @@ func TestDrainTimeoutEndsHalfClosedSession(t *testing.T) {
 	if _, err := tc.Read(make([]byte, 1)); err == nil {
 		t.Fatal("session still open after drain")
 	}
+}
+
+// TestIdleSessionsHoldNoGoroutine: on the event loops an idle session costs
+// no goroutine (and so no stack); the goroutine splice costs two. This is
+// what keeps 10k idle connections cheap.
+func TestIdleSessionsHoldNoGoroutine(t *testing.T) {
+	forEachSplice(t, func(t *testing.T, goroutines bool) {
+		e := newEnv(t, envOptions{noPostgres: true, goroutineSplice: goroutines})
+		const n = 50
+		settle := func() int {
+			time.Sleep(100 * time.Millisecond) // let finished goroutines exit
+			return runtime.NumGoroutine()
+		}
+		base := settle()
+		cfg := &tls.Config{RootCAs: e.pki.ServerPool(), ServerName: "localhost", Certificates: []tls.Certificate{e.client.TLS}}
+		for range n {
+			tc, err := tls.Dial("tcp", e.redisAdr, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tc.Close()
+			tc.SetDeadline(time.Now().Add(10 * time.Second))
+			if _, err := tc.Write([]byte("PING\r\n")); err != nil {
+				t.Fatal(err)
+			}
+			buf := make([]byte, 7)
+			if _, err := io.ReadFull(tc, buf); err != nil || string(buf) != "+PONG\r\n" {
+				t.Fatalf("PING through the gate: %q, %v", buf, err)
+			}
+		}
+		waitFor(t, 5*time.Second, "every session to splice", func() bool { return e.srv.Status().Routes[0].Active == n })
+		grew := settle() - base
+		t.Logf("%d idle sessions: %d more goroutines", n, grew)
+		switch {
+		case !goroutines && grew > 5:
+			t.Errorf("%d idle sessions on the event loops added %d goroutines, want none", n, grew)
+		case goroutines && grew < 2*n:
+			t.Errorf("%d idle sessions with the goroutine splice added %d goroutines, want %d", n, grew, 2*n)
+		}
+	})
 }
