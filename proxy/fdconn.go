@@ -155,25 +155,26 @@ func (f *fdConn) send(p []byte) error {
 	return err
 }
 
-// flush writes what is queued, as far as the socket takes it.
+// flush writes what is queued, as far as the socket takes it. What is
+// left moves off the loop's shared buffer, which the next session uses.
 func (f *fdConn) flush() error {
-	if len(f.out) == 0 || !f.writable {
+	if len(f.out) == 0 {
 		return nil
 	}
-	n, err := f.write(f.out)
-	if n == len(f.out) {
-		f.out, f.outOwned = nil, false
-		return err
+	if f.writable {
+		n, err := f.write(f.out)
+		if n == len(f.out) {
+			f.out, f.outOwned = nil, false
+			return err
+		}
+		f.writable = false
+		f.out = f.out[n:]
+		if err != nil {
+			return err
+		}
 	}
-	f.writable = false
-	rest := f.out[n:]
-	if !f.outOwned {
-		// The loop's buffer is for the next connection: keep a copy.
-		rest = append([]byte(nil), rest...)
-		f.outOwned = true
-	}
-	f.out = rest
-	return err
+	f.own()
+	return nil
 }
 
 // own returns out as a slice the fdConn owns, for appending.

@@ -93,8 +93,9 @@ type loop struct {
 	epfd   int
 	wakefd int // an eventfd: commands from other goroutines
 
-	mu   sync.Mutex
-	cmds []loopCmd
+	mu     sync.Mutex
+	cmds   []loopCmd
+	closed bool // wakefd is closed: a late post (a timer's) is dropped
 
 	slots   []*session // by slot; nil when free
 	free    []int32
@@ -136,17 +137,24 @@ func newLoop() (*loop, error) {
 // post hands the loop a command from any goroutine.
 func (l *loop) post(c loopCmd) {
 	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return
+	}
 	l.cmds = append(l.cmds, c)
-	wake := len(l.cmds) == 1
-	l.mu.Unlock()
-	if wake {
-		var one = [8]byte{1}
+	if len(l.cmds) == 1 {
+		one := [8]byte{1}
 		_, _ = unix.Write(l.wakefd, one[:])
 	}
 }
 
 func (l *loop) run() {
-	defer unix.Close(l.wakefd)
+	defer func() {
+		l.mu.Lock()
+		l.closed = true
+		unix.Close(l.wakefd)
+		l.mu.Unlock()
+	}()
 	// The epoll set itself waits in the runtime's poller: the loop parks
 	// like any reader, holds no thread while idle, and makes no blocking
 	// system call, which would have sysmon hand its P to another thread.

@@ -99,8 +99,10 @@ func (c *conn) handOff() error {
 	// The tls.Conn may hold bytes read with the StartupMessage: look.
 	s.client.readable = true
 	c.sess = s
-	c.mu.Unlock()
+	// Posted under mu, so that an abort or a cut, which post under mu
+	// too once they see sess, reach the loop after the session.
 	s.l.post(loopCmd{kind: cmdAdd, s: s})
+	c.mu.Unlock()
 	return nil
 }
 

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/spacegate/spacegate/internal/testenv"
 )
@@ -226,6 +227,57 @@ func TestIdleSessionsHoldNoGoroutine(t *testing.T) {
 			t.Errorf("%d idle sessions on the event loops added %d goroutines, want none", n, grew)
 		case goroutines && grew < 2*n:
 			t.Errorf("%d idle sessions with the goroutine splice added %d goroutines, want %d", n, grew, 2*n)
+		}
+	})
+}
+
+// TestSilentUpstreamAfterClientLeft: once a PostgreSQL client has finished
+// sending, an upstream that neither answers nor closes holds the session
+// for the connect timeout at most, on either splice.
+func TestSilentUpstreamAfterClientLeft(t *testing.T) {
+	forEachSplice(t, func(t *testing.T, goroutines bool) {
+		release := make(chan struct{})
+		peer := startPeer(t, func(nc net.Conn) {
+			go func() {
+				defer nc.Close()
+				io.Copy(io.Discard, nc) // reads to EOF, then says nothing
+				<-release
+			}()
+		})
+		defer close(release)
+		e := newEnv(t, envOptions{noRedis: true, pgUpstream: peer.ln.Addr().String(), goroutineSplice: goroutines})
+		nc, err := net.Dial("tcp", e.pgAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		nc.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := nc.Write(sslRequestPacket); err != nil {
+			t.Fatal(err)
+		}
+		answer := make([]byte, 1)
+		if _, err := io.ReadFull(nc, answer); err != nil || answer[0] != 'S' {
+			t.Fatalf("SSLRequest answered %q, %v", answer, err)
+		}
+		tc := tls.Client(nc, &tls.Config{RootCAs: e.pki.ServerPool(), ServerName: "localhost", Certificates: []tls.Certificate{e.client.TLS}})
+		startup := &pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber,
+			Parameters: map[string]string{"user": "postgres", "database": "postgres"}}
+		pkt, err := startup.Encode(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tc.Write(pkt); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 5*time.Second, "the session to splice", func() bool { return e.srv.Status().Routes[0].Active == 1 })
+		tc.CloseWrite()
+		nc.(*net.TCPConn).CloseWrite()
+		start := time.Now()
+		// upstream_connect_timeout is 2s in newEnv.
+		waitFor(t, 6*time.Second, "the session to end", func() bool { return e.srv.conns.len() == 0 })
+		t.Logf("session ended %s after the client's EOF", time.Since(start).Round(10*time.Millisecond))
+		if _, err := io.ReadAll(tc); err != nil {
+			t.Logf("client read after the end: %v", err)
 		}
 	})
 }
