@@ -72,6 +72,7 @@ type conn struct {
 	tlsConn  *tls.Conn
 	fd       *fdConn  // under tlsConn: how the socket moves to an event loop
 	upstream net.Conn // set by setUpstream only
+	upFd     *fdConn  // under upstream when that is TLS
 	sess     *session // set, under mu, once an event loop runs the splice
 
 	// chain is the client's certificate chain, kept to check it again

@@ -13,4 +13,11 @@
 // sent to the client in its own protocol (a PostgreSQL ErrorResponse or a
 // RESP error line) and say why in the client's terms; internals such as
 // upstream addresses and file paths go to the log only.
+//
+// Each connection has a goroutine of its own from accept until its upstream
+// is dialled. From there its two sockets move to an event loop (loop.go,
+// session.go): one goroutine per CPU around an edge-triggered epoll set,
+// which copies both directions of many sessions with no goroutine, stack or
+// buffer per session, and without the reads that only find a socket empty.
+// The goroutine splice (splice.go) remains for what a loop cannot take.
 package proxy

@@ -132,6 +132,10 @@ func (f *fdConn) Write(p []byte) (int, error) {
 		f.out = append(f.out, p...)
 		return len(p), f.flush()
 	}
+	// The loop's shared buffer takes the records of one tls.Conn call;
+	// the loop flushes right after every such call (and flush moves what
+	// the socket did not take to a buffer of the conn's own), so no two
+	// conns ever hold it at once.
 	if f.out == nil && f.shared != nil {
 		f.out, f.outOwned = f.shared[:0], false
 	}

@@ -214,9 +214,9 @@ func (l *loop) dispatch(events []unix.EpollEvent) (stop bool) {
 		if s == nil || s.gen != ev.Pad || s.done {
 			continue // ended earlier in this batch
 		}
-		f := s.client
+		f := s.client.f
 		if side == 1 {
-			f = s.upstream
+			f = s.upstream.f
 		}
 		if ev.Events&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR|unix.EPOLLRDHUP) != 0 {
 			f.readable = true
@@ -296,7 +296,7 @@ func (l *loop) add(s *session) {
 	l.slots[slot] = s
 	l.gen++
 	s.slot, s.gen = slot, l.gen
-	for side, f := range []*fdConn{s.client, s.upstream} {
+	for side, f := range []*fdConn{s.client.f, s.upstream.f} {
 		ev := unix.EpollEvent{
 			Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET,
 			Fd:     slot<<1 | int32(side),
@@ -313,7 +313,7 @@ func (l *loop) add(s *session) {
 
 // remove takes a session's sockets out of the loop.
 func (l *loop) remove(s *session) {
-	for _, f := range []*fdConn{s.client, s.upstream} {
+	for _, f := range []*fdConn{s.client.f, s.upstream.f} {
 		_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, f.fd, nil)
 		f.shared = nil
 	}

@@ -28,15 +28,10 @@ type session struct {
 	queued    bool // in this turn's list of sessions to pump
 	done      bool
 
-	client   *fdConn // under tls
-	tls      *tls.Conn
-	upstream *fdConn
-	pg       bool
-	framer   pgFramer // the server's stream, for cuts (PostgreSQL)
-	cutting  bool
-
-	clientEOF, upstreamEOF bool
-	finUpstream, finClient finState
+	client, upstream side
+	pg               bool
+	framer           pgFramer // the server's stream, for cuts (PostgreSQL)
+	cutting          bool
 
 	// Once the client has finished sending, the upstream's silence is
 	// bounded: idle since the last byte (Redis) or in total (PostgreSQL).
@@ -44,6 +39,14 @@ type session struct {
 	idleTotal bool
 	last      time.Time
 	timer     *time.Timer
+}
+
+// side is one socket of a session, and the TLS over it if there is any.
+type side struct {
+	f   *fdConn
+	tls *tls.Conn // nil: plaintext
+	eof bool      // it has finished sending
+	fin finState  // our half-close of it
 }
 
 // finState is the half-close of one socket: FIN is sent once what is
@@ -56,9 +59,61 @@ const (
 	finSent
 )
 
+func (x *side) read(p []byte) (int, error) {
+	if x.tls == nil {
+		return x.f.Read(p)
+	}
+	n, err := x.tls.Read(p)
+	if len(x.f.out) > 0 {
+		// A KeyUpdate answered while reading: send it now, as the
+		// loop's shared buffer that holds it is the other side's next.
+		if ferr := x.f.flush(); ferr != nil && err == nil {
+			err = ferr
+		}
+	}
+	return n, err
+}
+
+// write sends p: encrypted, in as many records as it takes and one system
+// call, or as it is.
+func (x *side) write(p []byte) error {
+	if x.tls == nil {
+		return x.f.send(p)
+	}
+	if _, err := x.tls.Write(p); err != nil {
+		return err
+	}
+	return x.f.flush()
+}
+
+// closeWrite half-closes the side once what is queued has gone: a TLS
+// close_notify, then FIN.
+func (x *side) closeWrite() error {
+	if x.tls != nil {
+		_ = x.tls.CloseWrite() // queued
+	}
+	x.fin = finWanted
+	return x.flush()
+}
+
+// flush sends what is queued, then a FIN that waited for it.
+func (x *side) flush() error {
+	if err := x.f.flush(); err != nil {
+		return err
+	}
+	if x.fin == finWanted && len(x.f.out) == 0 {
+		if err := x.f.CloseWrite(); err != nil && err != unix.ENOTCONN {
+			return err
+		}
+		x.fin = finSent
+	}
+	return nil
+}
+
 // handOff moves a spliced connection to an event loop, if it can run
-// there: TLS from the client over TCP, plain TCP to the upstream. The
-// caller's goroutine then returns; the loop finishes the connection.
+// there: TLS from the client over TCP, plain TCP or TLS over TCP to the
+// upstream. The caller's goroutine then returns; the loop finishes the
+// connection.
 func (c *conn) handOff() error {
 	ls := c.srv.loops
 	if ls == nil || c.fd == nil || c.tlsConn == nil || c.client != c.tlsConn {
@@ -67,14 +122,23 @@ func (c *conn) handOff() error {
 	if pc, ok := c.fd.Conn.(*prefixConn); ok && len(pc.prefix) > 0 {
 		return errors.ErrUnsupported
 	}
-	if _, ok := c.upstream.(*net.TCPConn); !ok {
-		return errors.ErrUnsupported // upstream TLS: the goroutine splice
+	up := side{f: c.upFd}
+	switch u := c.upstream.(type) {
+	case *net.TCPConn:
+		up.f = newFdConn(u)
+	case *tls.Conn:
+		up.tls = u
+	default:
+		return errors.ErrUnsupported
+	}
+	if up.f == nil {
+		return errors.ErrUnsupported
 	}
 	cfd, err := dupFd(c.nc)
 	if err != nil {
 		return err
 	}
-	ufd, err := dupFd(c.upstream)
+	ufd, err := dupFd(up.f.Conn)
 	if err != nil {
 		unix.Close(cfd)
 		return err
@@ -82,9 +146,8 @@ func (c *conn) handOff() error {
 	s := &session{
 		c:        c,
 		l:        ls.pick(),
-		client:   c.fd,
-		tls:      c.tlsConn,
-		upstream: newFdConn(c.upstream),
+		client:   side{f: c.fd, tls: c.tlsConn},
+		upstream: up,
 		pg:       c.lis.Protocol == ProtocolPostgres,
 	}
 	c.mu.Lock()
@@ -94,10 +157,14 @@ func (c *conn) handOff() error {
 		unix.Close(ufd)
 		return net.ErrClosed
 	}
-	s.client.adopt(cfd, c.nc)
-	s.upstream.adopt(ufd, c.upstream)
-	// The tls.Conn may hold bytes read with the StartupMessage: look.
-	s.client.readable = true
+	s.client.f.adopt(cfd, c.nc)
+	s.upstream.f.adopt(ufd, s.upstream.f.Conn)
+	if up.tls == nil {
+		c.upstream = up.f // what finish closes
+	}
+	// Either tls.Conn may hold bytes it has read already: look.
+	s.client.f.readable = true
+	s.upstream.f.readable = up.tls != nil
 	c.sess = s
 	// Posted under mu, so that an abort or a cut, which post under mu
 	// too once they see sess, reach the loop after the session.
@@ -119,7 +186,7 @@ func (s *session) pump() {
 	switch {
 	case err != nil:
 		s.end(err)
-	case s.clientEOF && s.upstreamEOF && s.finClient == finSent && s.finUpstream == finSent:
+	case s.client.eof && s.upstream.eof && s.client.fin == finSent && s.upstream.fin == finSent:
 		s.end(nil)
 	case more:
 		s.l.again = append(s.l.again, s)
@@ -134,17 +201,17 @@ func (s *session) step() (more bool, err error) {
 	}
 	buf := s.l.readBuf
 
-	// Client to upstream: plaintext out of TLS, written at once.
-	for budget := loopFairShare; !s.clientEOF && len(s.upstream.out) == 0; {
+	// Client to upstream.
+	for budget := loopFairShare; !s.client.eof && len(s.upstream.f.out) == 0; {
 		if budget <= 0 {
 			more = true
 			break
 		}
-		n, rerr := s.tls.Read(buf)
+		n, rerr := s.client.read(buf)
 		if n > 0 {
 			budget -= n
 			s.c.bytesUp += int64(n)
-			if err := s.upstream.send(buf[:n]); err != nil {
+			if err := s.upstream.write(buf[:n]); err != nil {
 				return false, err
 			}
 		}
@@ -155,25 +222,28 @@ func (s *session) step() (more bool, err error) {
 			if !errors.Is(rerr, io.EOF) {
 				return false, rerr
 			}
-			s.clientEOF = true
-			s.finUpstream = finWanted
+			s.client.eof = true
+			if err := s.upstream.closeWrite(); err != nil {
+				return false, err
+			}
 			s.boundUpstream()
 		}
 	}
 
 	// Upstream to client: one TLS write, and one system call, per read.
-	for budget := loopFairShare; !s.upstreamEOF && len(s.client.out) == 0; {
+	for budget := loopFairShare; !s.upstream.eof && len(s.client.f.out) == 0; {
 		if budget <= 0 {
 			more = true
 			break
 		}
-		n, rerr := s.upstream.Read(buf)
+		n, rerr := s.upstream.read(buf)
 		if n > 0 {
 			budget -= n
 			data := buf[:n]
 			if s.cutting {
 				if k, ok := s.framer.untilBoundary(data); ok {
-					s.toClient(data[:k])
+					s.c.bytesDown += int64(k)
+					_ = s.client.write(data[:k])
 					s.c.sendCutNotice()
 					return false, errCut
 				}
@@ -181,10 +251,11 @@ func (s *session) step() (more bool, err error) {
 			if s.pg {
 				s.framer.advance(data)
 			}
-			if s.clientEOF && !s.idleTotal {
+			if s.client.eof && !s.idleTotal {
 				s.last = time.Now()
 			}
-			if err := s.toClient(data); err != nil {
+			s.c.bytesDown += int64(n)
+			if err := s.client.write(data); err != nil {
 				return false, err
 			}
 		}
@@ -195,44 +266,24 @@ func (s *session) step() (more bool, err error) {
 			if !errors.Is(rerr, io.EOF) {
 				return false, rerr
 			}
-			s.upstreamEOF = true
+			s.upstream.eof = true
 			if s.cutting {
 				return false, errCut // the server ended first; nothing to wait for
 			}
-			_ = s.tls.CloseWrite() // close_notify, queued
-			s.finClient = finWanted
+			if err := s.client.closeWrite(); err != nil {
+				return false, err
+			}
 		}
 	}
 	return more, s.flush()
 }
 
-// toClient encrypts data and sends it.
-func (s *session) toClient(data []byte) error {
-	s.c.bytesDown += int64(len(data))
-	if _, err := s.tls.Write(data); err != nil {
+// flush sends what is queued on both sides.
+func (s *session) flush() error {
+	if err := s.client.flush(); err != nil {
 		return err
 	}
-	return s.client.flush()
-}
-
-// flush sends what is queued on both sockets, then any FIN that waited
-// for it.
-func (s *session) flush() error {
-	for _, x := range []struct {
-		f   *fdConn
-		fin *finState
-	}{{s.client, &s.finClient}, {s.upstream, &s.finUpstream}} {
-		if err := x.f.flush(); err != nil {
-			return err
-		}
-		if *x.fin == finWanted && len(x.f.out) == 0 {
-			if err := x.f.CloseWrite(); err != nil && err != unix.ENOTCONN {
-				return err
-			}
-			*x.fin = finSent
-		}
-	}
-	return nil
+	return s.upstream.flush()
 }
 
 // boundUpstream bounds the upstream's silence once the client has
@@ -264,8 +315,8 @@ func (s *session) checkIdle() {
 // when cutGrace runs out (conn.cut's timer aborts).
 func (s *session) startCut() {
 	s.cutting = true
-	if !s.pg || s.framer.atBoundary() || s.upstreamEOF {
-		if s.pg && !s.upstreamEOF {
+	if !s.pg || s.framer.atBoundary() || s.upstream.eof {
+		if s.pg && !s.upstream.eof {
 			s.c.sendCutNotice()
 		}
 		s.end(errCut)
@@ -280,7 +331,7 @@ func (s *session) end(err error) {
 		s.timer.Stop()
 	}
 	s.l.remove(s)
-	for _, f := range []*fdConn{s.client, s.upstream} {
+	for _, f := range []*fdConn{s.client.f, s.upstream.f} {
 		if len(f.out) > 0 {
 			f.own() // off the loop's shared buffer
 		} else {
@@ -291,10 +342,10 @@ func (s *session) end(err error) {
 	go s.c.finishSession(s, err)
 }
 
-// finishSession is the end of a connection that ran on the loop.
+// finishSession is the end of a connection that ran on the loop. finish
+// closes both sockets.
 func (c *conn) finishSession(s *session, err error) {
-	s.client.drainOut(time.Second) // the last bytes, or a cut's FATAL
-	s.upstream.Close()
+	s.client.f.drainOut(time.Second) // the last bytes, or a cut's FATAL
 	c.finish(err)
 	c.srv.wg.Done()
 }

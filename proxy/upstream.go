@@ -25,13 +25,15 @@ func (c *conn) dialUpstream(ctx context.Context) error {
 	}
 	if c.route.UpstreamTLS != nil {
 		_ = up.SetDeadline(time.Now().Add(timeout))
-		tup, err := upstreamTLS(ctx, c.route, up)
+		fup := newFdConn(up) // so that an event loop can take it over
+		tup, err := upstreamTLS(ctx, c.route, fup)
 		if err != nil {
 			up.Close()
 			return err
 		}
 		_ = up.SetDeadline(time.Time{})
 		up = tup
+		c.upFd = fup
 	}
 	c.srv.metrics.upstreamConnect.WithLabelValues(c.route.Name).Observe(time.Since(start).Seconds())
 	return c.setUpstream(up)
