@@ -6,20 +6,22 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
 
 // The event loop. Once a connection is admitted and its upstream dialled,
-// its two sockets leave the Go runtime's poller for one of these loops,
-// each a goroutine around an edge-triggered epoll set, as HAProxy and
-// PgBouncer work. A session then costs no goroutine, no stack and no
-// wake-up of its own: the loop reads what epoll says is there, and a read
-// that comes back short is the last one until the next edge. Profiles of
-// the goroutine-per-direction splice showed 70-80% of the gate's CPU in
-// read and write calls, a third of the reads finding the socket empty,
-// and another tenth in scheduler wake-ups; see bench/README.md.
+// its two sockets leave the Go runtime's poller for one of these loops: a
+// goroutine around an edge-triggered epoll set, the model of HAProxy and
+// PgBouncer. A session then costs no goroutine, no stack and no wake-up of
+// its own: the loop reads what epoll says is there, and a read that comes
+// back short is the last one until the next edge. Profiles of the
+// goroutine-per-direction splice it replaced showed 70-80% of the gate's
+// CPU in read and write calls, a third of the reads finding the socket
+// empty, and a tenth in scheduler wake-ups (README.md, Performance).
 
 // loopReadBuf is the loop's read buffer, shared by its sessions: one read
 // at a time per loop, so an idle session holds no buffer at all. 64 KiB
@@ -91,7 +93,9 @@ type loopCmd struct {
 // loop is one event loop. Only its goroutine touches its sessions.
 type loop struct {
 	epfd   int
-	wakefd int // an eventfd: commands from other goroutines
+	ep     *os.File        // epfd, as the runtime's poller sees it
+	rc     syscall.RawConn // waits on ep
+	wakefd int             // an eventfd: commands from other goroutines
 
 	mu     sync.Mutex
 	cmds   []loopCmd
@@ -126,8 +130,23 @@ func newLoop() (*loop, error) {
 		unix.Close(wakefd)
 		return nil, fmt.Errorf("event loop: %w", err)
 	}
+	// The epoll set itself waits in the runtime's poller: the loop parks
+	// like any reader, holds no thread while idle, and makes no blocking
+	// system call, which would have sysmon hand its P to another thread.
+	ep := os.NewFile(uintptr(epfd), "epoll")
+	rc, err := ep.SyscallConn()
+	if err == nil {
+		err = ep.SetReadDeadline(time.Time{}) // fails if the poller did not take it
+	}
+	if err != nil {
+		ep.Close()
+		unix.Close(wakefd)
+		return nil, fmt.Errorf("event loop: epoll set not pollable: %w", err)
+	}
 	return &loop{
 		epfd:    epfd,
+		ep:      ep,
+		rc:      rc,
 		wakefd:  wakefd,
 		readBuf: make([]byte, loopReadBuf),
 		outBuf:  make([]byte, 0, loopReadBuf+loopReadBuf/16),
@@ -155,18 +174,10 @@ func (l *loop) run() {
 		unix.Close(l.wakefd)
 		l.mu.Unlock()
 	}()
-	// The epoll set itself waits in the runtime's poller: the loop parks
-	// like any reader, holds no thread while idle, and makes no blocking
-	// system call, which would have sysmon hand its P to another thread.
-	ep := os.NewFile(uintptr(l.epfd), "epoll")
-	defer ep.Close()
-	rc, err := ep.SyscallConn()
-	if err != nil {
-		panic(fmt.Sprintf("proxy: event loop: %v", err)) // an *os.File always has one
-	}
+	defer l.ep.Close()
 	events := make([]unix.EpollEvent, 128)
 	for stop := false; !stop; {
-		err := rc.Read(func(uintptr) bool {
+		err := l.rc.Read(func(uintptr) bool {
 			n, err := epollPoll(l.epfd, events)
 			if err != nil {
 				panic(fmt.Sprintf("proxy: epoll_wait: %v", err)) // only a bad epfd fails here

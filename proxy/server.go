@@ -154,14 +154,12 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	}
 	if !s.goroutineSplice {
-		ls, err := startLoops(0)
-		if err != nil {
-			s.closeListeners()
-			s.stopAdmin()
-			return err
+		if ls, err := startLoops(0); err != nil {
+			s.log.Warn("event loops unavailable: sessions are copied by goroutines", zap.Error(err))
+		} else {
+			s.loops = ls
+			defer ls.stop() // after the drain: every session has ended
 		}
-		s.loops = ls
-		defer ls.stop() // after the drain: every session has ended
 	}
 	connCtx, cancelConns := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelConns()
