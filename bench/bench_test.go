@@ -194,6 +194,15 @@ func TestCompareAndHeadlines(t *testing.T) {
 	if hs[0].Ratio != 1.2 || !hs[0].Better || hs[1].Ratio != 0.75 || !hs[1].Better {
 		t.Errorf("headlines = %+v, want TPS ratio 1.2 and CPU ratio 0.75, both better", hs)
 	}
+	// Issue 6's targets: TPS at least 1.15x the best peer, CPU at most
+	// HAProxy's.
+	if !hs[0].Met || hs[0].Goal != 1.15 || !hs[1].Met || !hs[1].Lower {
+		t.Errorf("headlines = %+v, want both targets met", hs)
+	}
+	row.Targets[4].Median.Value = 27000 // 1.08x PgBouncer: better, not enough
+	if hs := headlines([]Row{row}); !hs[0].Better || hs[0].Met {
+		t.Errorf("at 1.08x: headline %+v, want better but not met", hs[0])
+	}
 
 	idle := Row{Name: "idle-10k", Unit: "KiB/conn", Targets: []TargetResult{
 		res(targetStunnel, rolePeer, 135, 0),
@@ -203,8 +212,9 @@ func TestCompareAndHeadlines(t *testing.T) {
 	if got := findTarget(&idle, targetSpacegate).VsBestPeer; got != 75.0/135 {
 		t.Errorf("idle vs best peer = %v, want %v", got, 75.0/135)
 	}
-	if hs := headlines([]Row{idle}); len(hs) != 1 || !hs[0].Better {
-		t.Errorf("idle headlines = %+v, want one, better", hs)
+	// 75 KiB is better than stunnel's 135 and misses the 40 KiB target.
+	if hs := headlines([]Row{idle}); len(hs) != 2 || hs[0].Met || !hs[1].Better {
+		t.Errorf("idle headlines = %+v, want the 40 KiB target missed and better than stunnel", hs)
 	}
 }
 

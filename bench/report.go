@@ -26,8 +26,10 @@ func headlines(rows []Row) []Headline {
 	}
 	var hs []Headline
 	// vs adds spacegate's figure divided by other's; other "" is the best
-	// peer. cpu compares CPU per unit instead of the row's value.
-	vs := func(what, rowName, other string, cpu bool) {
+	// peer, other "=" a fixed figure, goal. cpu compares CPU per unit
+	// instead of the row's value. goal is issue 6's target for the ratio
+	// (0: none).
+	vs := func(what, rowName, other string, cpu bool, goal float64) {
 		row := byName[rowName]
 		if row == nil {
 			return
@@ -35,42 +37,58 @@ func headlines(rows []Row) []Headline {
 		if other == "" {
 			other = row.BestPeer
 		}
-		sg, ot := findTarget(row, targetSpacegate), findTarget(row, other)
-		if sg == nil || ot == nil {
+		sg := findTarget(row, targetSpacegate)
+		if sg == nil {
 			return
 		}
-		a, b, unit, higher := sg.Median.Value, ot.Median.Value, row.Unit, row.HigherIsBetter
+		a, unit, higher := sg.Median.Value, row.Unit, row.HigherIsBetter
 		if cpu {
-			a, b, unit, higher = sg.Median.CPUus, ot.Median.CPUus, row.CPUUnit, false
+			a, unit, higher = sg.Median.CPUus, row.CPUUnit, false
+		}
+		var b float64
+		detail := ""
+		if other == "=" {
+			b, goal = goal, 1
+			detail = fmt.Sprintf("spacegate %s %s vs the target's %s", num(a), unit, num(b))
+		} else {
+			ot := findTarget(row, other)
+			if ot == nil {
+				return
+			}
+			b = ot.Median.Value
+			if cpu {
+				b = ot.Median.CPUus
+			}
+			detail = fmt.Sprintf("spacegate %s %s vs %s %s", num(a), unit, other, num(b))
 		}
 		if b == 0 {
 			return
 		}
-		hs = append(hs, Headline{
-			What:   what,
-			Row:    rowName,
-			Ratio:  a / b,
-			Detail: fmt.Sprintf("spacegate %s %s vs %s %s", num(a), unit, other, num(b)),
-			Better: (higher && a > b) || (!higher && a < b),
-		})
+		h := Headline{What: what, Row: rowName, Ratio: a / b, Detail: detail,
+			Better: (higher && a > b) || (!higher && a < b), Goal: goal, Lower: !higher}
+		h.Met = goal > 0 && ((higher && h.Ratio >= goal) || (!higher && h.Ratio <= goal))
+		hs = append(hs, h)
 	}
-	vs("pgbench -S, 8 clients: TPS vs best of stunnel/PgBouncer", "pg-select-8", "", false)
-	vs("pgbench -S, 8 clients: proxy CPU per transaction vs HAProxy (lower is better)", "pg-select-8", targetHAProxy, true)
-	vs("pgbench -S, 8 clients: proxy CPU per transaction vs stunnel (lower is better)", "pg-select-8", targetStunnel, true)
-	vs("pgbench -S, 64 clients: TPS vs best peer", "pg-select-64", "", false)
-	vs("pgbench TPC-B, 8 clients: TPS vs best peer", "pg-tpcb-8", "", false)
-	vs("pgbench TPC-B, 64 clients: TPS vs best peer", "pg-tpcb-64", "", false)
-	vs("pgbench -C: connections/s vs stunnel", "pg-connect-8", targetStunnel, false)
-	vs("pgbench -C: proxy CPU per connection vs stunnel (lower is better)", "pg-connect-8", targetStunnel, true)
-	vs("redis GET -c 50: ops/s vs stunnel", "redis-get-c50", targetStunnel, false)
-	vs("redis SET -c 50: ops/s vs stunnel", "redis-set-c50", targetStunnel, false)
-	vs("redis GET -P 16: ops/s vs stunnel", "redis-get-p16", targetStunnel, false)
-	vs("redis SET -P 16: ops/s vs stunnel", "redis-set-p16", targetStunnel, false)
-	vs("redis GET -k 0: ops/s vs stunnel", "redis-get-k0", targetStunnel, false)
-	vs("bulk COPY out: MiB/s vs best peer", "pg-copy", "", false)
-	vs("bulk COPY out: MiB/s vs direct TLS", "pg-copy", targetDirect, false)
-	vs("idle, 1k connections: RSS per connection vs stunnel (lower is better)", "idle-1k", targetStunnel, false)
-	vs("idle, 10k connections: RSS per connection vs stunnel (lower is better)", "idle-10k", targetStunnel, false)
+	const gbps = 1e9 / (1 << 20) // 1 GB/s in MiB/s
+	vs("pgbench -S, 8 clients: TPS vs best of stunnel/PgBouncer", "pg-select-8", "", false, 1.15)
+	vs("pgbench -S, 8 clients: proxy CPU per transaction vs HAProxy (lower is better)", "pg-select-8", targetHAProxy, true, 1)
+	vs("pgbench -S, 8 clients: proxy CPU per transaction vs stunnel (lower is better)", "pg-select-8", targetStunnel, true, 0)
+	vs("pgbench -S, 64 clients: TPS vs best peer", "pg-select-64", "", false, 0)
+	vs("pgbench TPC-B, 8 clients: TPS vs best peer", "pg-tpcb-8", "", false, 0)
+	vs("pgbench TPC-B, 64 clients: TPS vs best peer", "pg-tpcb-64", "", false, 0)
+	vs("pgbench -C: connections/s vs stunnel", "pg-connect-8", targetStunnel, false, 1.2)
+	vs("pgbench -C: proxy CPU per connection vs stunnel (lower is better)", "pg-connect-8", targetStunnel, true, 0)
+	vs("redis GET -c 50: ops/s vs stunnel", "redis-get-c50", targetStunnel, false, 1.3)
+	vs("redis SET -c 50: ops/s vs stunnel", "redis-set-c50", targetStunnel, false, 1.3)
+	vs("redis GET -P 16: ops/s vs stunnel", "redis-get-p16", targetStunnel, false, 1.3)
+	vs("redis SET -P 16: ops/s vs stunnel", "redis-set-p16", targetStunnel, false, 1.3)
+	vs("redis GET -k 0: ops/s vs stunnel", "redis-get-k0", targetStunnel, false, 0)
+	vs("bulk COPY out: MiB/s vs 1 GB/s", "pg-copy", "=", false, gbps)
+	vs("bulk COPY out: MiB/s vs best peer", "pg-copy", "", false, 0)
+	vs("bulk COPY out: MiB/s vs direct TLS", "pg-copy", targetDirect, false, 0)
+	vs("idle, 1k connections: RSS per connection vs stunnel (lower is better)", "idle-1k", targetStunnel, false, 0)
+	vs("idle, 10k connections: RSS per connection vs 40 KiB (lower is better)", "idle-10k", "=", false, 40)
+	vs("idle, 10k connections: RSS per connection vs stunnel (lower is better)", "idle-10k", targetStunnel, false, 0)
 	return hs
 }
 
@@ -86,13 +104,20 @@ func writeMarkdown(w io.Writer, r *Results) {
 	fmt.Fprintf(w, "Settings: %d round(s), targets interleaved (order rotated each round), about %.0f s per run, pgbench scale %d, RLIMIT_NOFILE %d. Took %s. Figures are medians over rounds; min–max is the spread of the main figure.\n\n",
 		s.Rounds, s.RunSeconds, s.PgbenchScale, s.FDLimit, fmtDuration(r.Seconds))
 	if len(r.Headlines) > 0 {
-		fmt.Fprintf(w, "## Issue 6 targets\n\n| figure | ratio (spacegate / other) | detail |\n|---|---:|---|\n")
+		fmt.Fprintf(w, "## Issue 6 targets\n\n| figure | ratio (spacegate / other) | issue 6 target | detail |\n|---|---:|---|---|\n")
 		for _, h := range r.Headlines {
-			mark := ""
-			if h.Better {
-				mark = " ✓"
+			goal := "-"
+			if h.Goal > 0 {
+				cmp, mark := ">=", "not met"
+				if h.Lower {
+					cmp = "<="
+				}
+				if h.Met {
+					mark = "met"
+				}
+				goal = fmt.Sprintf("%s %.2f: %s", cmp, h.Goal, mark)
 			}
-			fmt.Fprintf(w, "| %s | %.2f%s | %s |\n", h.What, h.Ratio, mark, h.Detail)
+			fmt.Fprintf(w, "| %s | %.2f | %s | %s |\n", h.What, h.Ratio, goal, h.Detail)
 		}
 		fmt.Fprintln(w)
 	}

@@ -69,6 +69,12 @@ type Headline struct {
 	Detail string `json:"detail"`
 	// Better reports whether spacegate did better than the comparison.
 	Better bool `json:"better"`
+	// Goal is issue 6's target for Ratio, or 0 where it sets none; Met
+	// reports whether Ratio reaches it.
+	Goal float64 `json:"goal,omitempty"`
+	Met  bool    `json:"met,omitempty"`
+	// Lower: a lower ratio is the better one (CPU, memory).
+	Lower bool `json:"lower,omitempty"`
 }
 
 // Results is everything one run of the harness found.

@@ -54,7 +54,9 @@ func (b *spliceBuf) release() {
 	}
 }
 
-// splice copies bytes both ways until both directions have ended. When one
+// splice copies bytes both ways until both directions have ended: on an
+// event loop (session.go) when handOff can move the sockets there, else
+// with a goroutine per direction, as below. When one
 // side stops sending (EOF), its peer's write side is closed and the other
 // direction goes on, so every byte in flight is delivered (half-close). An
 // error in either direction ends both.
