@@ -133,6 +133,21 @@ func (s *CertStore) lock(ctx context.Context) (func() error, error) {
 	return atomicfile.Lock(ctx, s.path(lockName))
 }
 
+// lockCA takes the store's lock and loads the signing CA; the caller
+// unlocks once it is done with both.
+func (s *CertStore) lockCA(ctx context.Context) (*CA, func() error, error) {
+	unlock, err := s.lock(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	ca, err := s.CA()
+	if err != nil {
+		unlock()
+		return nil, nil, err
+	}
+	return ca, unlock, nil
+}
+
 // CAOptions describe a new space CA.
 type CAOptions struct {
 	// CommonName names the CA. "" means DefaultCAName for InitCA, and for
@@ -235,15 +250,11 @@ func (s *CertStore) Bundle() ([]*x509.Certificate, error) {
 // is signed again by the new CA. The previous signing CA's certificate and
 // key are kept in Dir/ca-retired/. It returns the new CA.
 func (s *CertStore) RotateCA(ctx context.Context, opts CAOptions) (*CA, error) {
-	unlock, err := s.lock(ctx)
+	old, unlock, err := s.lockCA(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	old, err := s.CA()
-	if err != nil {
-		return nil, err
-	}
 	bundle, err := s.Bundle()
 	if err != nil {
 		return nil, err
@@ -335,15 +346,11 @@ func (s *CertStore) IssueServer(ctx context.Context, names []string, certFile, k
 			return nil, fmt.Errorf("refusing to overwrite %s: %w", f, fs.ErrExist)
 		}
 	}
-	unlock, err := s.lock(ctx)
+	ca, unlock, err := s.lockCA(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	ca, err := s.CA()
-	if err != nil {
-		return nil, err
-	}
 	req := IssueRequest{CommonName: names[0], Server: true}
 	for _, n := range names {
 		if ip := net.ParseIP(n); ip != nil {

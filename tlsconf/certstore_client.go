@@ -89,15 +89,11 @@ type ClientRequest struct {
 // Create issues a client certificate from the signing CA (ExtKeyUsage
 // clientAuth) and keeps it under Dir/clients/ID/.
 func (s *CertStore) Create(ctx context.Context, req ClientRequest) (*ClientCert, error) {
-	unlock, err := s.lock(ctx)
+	ca, unlock, err := s.lockCA(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	ca, err := s.CA()
-	if err != nil {
-		return nil, err
-	}
 	return s.create(ca, req, "")
 }
 

@@ -65,15 +65,11 @@ type Renewal struct {
 // CRL again when it is past half of its validity, so a daily run keeps it
 // fresh for verifiers that check NextUpdate.
 func (s *CertStore) Renew(ctx context.Context, opts RenewOptions) ([]Renewal, error) {
-	unlock, err := s.lock(ctx)
+	ca, unlock, err := s.lockCA(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	ca, err := s.CA()
-	if err != nil {
-		return nil, err
-	}
 	certs, err := s.List()
 	if err != nil {
 		return nil, err
@@ -111,15 +107,11 @@ func (s *CertStore) Renew(ctx context.Context, opts RenewOptions) ([]Renewal, er
 // it as needed; it is for a CRL that was lost or that another tool needs
 // fresh.
 func (s *CertStore) WriteCRL(ctx context.Context) error {
-	unlock, err := s.lock(ctx)
+	ca, unlock, err := s.lockCA(ctx)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	ca, err := s.CA()
-	if err != nil {
-		return err
-	}
 	return s.writeCRL(ca)
 }
 
