@@ -319,6 +319,14 @@ func (l *loop) add(s *session) {
 		}
 		f.shared = l.outBuf
 	}
+	if s.c.cutting.Load() {
+		// Cut before the loop took the session: cut saw no session to
+		// post to. (A later cut posts cmdCut, which comes after cmdAdd.)
+		s.startCut()
+		if s.done {
+			return
+		}
+	}
 	s.pump()
 }
 

@@ -35,10 +35,9 @@ type session struct {
 
 	// Once the client has finished sending, the upstream's silence is
 	// bounded: idle since the last byte (Redis) or in total (PostgreSQL).
-	idle      time.Duration
-	idleTotal bool
-	last      time.Time
-	timer     *time.Timer
+	idle  time.Duration
+	last  time.Time
+	timer *time.Timer
 }
 
 // side is one socket of a session, and the TLS over it if there is any.
@@ -176,12 +175,6 @@ func (c *conn) handOff() error {
 // pump moves what can be moved now, and ends the session when both
 // directions have.
 func (s *session) pump() {
-	if s.c.cutting.Load() && !s.cutting {
-		s.startCut() // a cut that came before the loop took the session
-		if s.done {
-			return
-		}
-	}
 	more, err := s.step()
 	switch {
 	case err != nil:
@@ -199,83 +192,74 @@ func (s *session) step() (more bool, err error) {
 	if err := s.flush(); err != nil {
 		return false, err
 	}
-	buf := s.l.readBuf
-
-	// Client to upstream.
-	for budget := loopFairShare; !s.client.eof && len(s.upstream.f.out) == 0; {
-		if budget <= 0 {
-			more = true
-			break
-		}
-		n, rerr := s.client.read(buf)
-		if n > 0 {
-			budget -= n
-			s.c.bytesUp += int64(n)
-			if err := s.upstream.write(buf[:n]); err != nil {
-				return false, err
-			}
-		}
-		if rerr != nil {
-			if errors.Is(rerr, errWouldBlock) {
-				break
-			}
-			if !errors.Is(rerr, io.EOF) {
-				return false, rerr
-			}
-			s.client.eof = true
-			if err := s.upstream.closeWrite(); err != nil {
-				return false, err
-			}
-			s.boundUpstream()
-		}
+	up, err := s.move(&s.client, &s.upstream, false)
+	if err != nil {
+		return false, err
 	}
+	down, err := s.move(&s.upstream, &s.client, true)
+	if err != nil {
+		return false, err
+	}
+	return up || down, s.flush()
+}
 
-	// Upstream to client: one TLS write, and one system call, per read.
-	for budget := loopFairShare; !s.upstream.eof && len(s.client.f.out) == 0; {
+// move copies from src to dst until src is drained, dst is backed up, or
+// the fair share is spent (more). down is the server's stream to the
+// client, whose PostgreSQL framing a cut follows; each read there is one
+// TLS write and one system call.
+func (s *session) move(src, dst *side, down bool) (more bool, err error) {
+	buf := s.l.readBuf
+	for budget := loopFairShare; !src.eof && len(dst.f.out) == 0; {
 		if budget <= 0 {
-			more = true
-			break
+			return true, nil
 		}
-		n, rerr := s.upstream.read(buf)
+		n, rerr := src.read(buf)
 		if n > 0 {
 			budget -= n
 			data := buf[:n]
-			if s.cutting {
-				if k, ok := s.framer.untilBoundary(data); ok {
-					s.c.bytesDown += int64(k)
-					_ = s.client.write(data[:k])
-					s.c.sendCutNotice()
-					return false, errCut
+			if down {
+				if s.cutting {
+					if k, ok := s.framer.untilBoundary(data); ok {
+						s.c.bytesDown += int64(k)
+						_ = dst.write(data[:k])
+						s.c.sendCutNotice()
+						return false, errCut
+					}
 				}
+				if s.pg {
+					s.framer.advance(data)
+				}
+				if s.client.eof && !s.pg {
+					s.last = time.Now() // Redis's bound is on idleness
+				}
+				s.c.bytesDown += int64(n)
+			} else {
+				s.c.bytesUp += int64(n)
 			}
-			if s.pg {
-				s.framer.advance(data)
-			}
-			if s.client.eof && !s.idleTotal {
-				s.last = time.Now()
-			}
-			s.c.bytesDown += int64(n)
-			if err := s.client.write(data); err != nil {
+			if err := dst.write(data); err != nil {
 				return false, err
 			}
 		}
 		if rerr != nil {
 			if errors.Is(rerr, errWouldBlock) {
-				break
+				return false, nil
 			}
 			if !errors.Is(rerr, io.EOF) {
 				return false, rerr
 			}
-			s.upstream.eof = true
-			if s.cutting {
+			src.eof = true
+			if down && s.cutting {
 				return false, errCut // the server ended first; nothing to wait for
 			}
-			if err := s.client.closeWrite(); err != nil {
+			if err := dst.closeWrite(); err != nil {
 				return false, err
+			}
+			if !down {
+				s.boundUpstream()
 			}
 		}
 	}
-	return more, s.flush()
+	return false, nil
 }
 
 // flush sends what is queued on both sides.
@@ -291,10 +275,9 @@ func (s *session) flush() error {
 // over and the server, which sees EOF, closes at once; give it the connect
 // timeout. A Redis client may still be reading replies.
 func (s *session) boundUpstream() {
-	s.c.clientDone.Store(true)
-	s.idle, s.idleTotal = redisHalfCloseIdle, false
+	s.idle = redisHalfCloseIdle
 	if s.pg {
-		s.idle, s.idleTotal = s.c.snap.Config.Limits.UpstreamConnectTimeout, true
+		s.idle = s.c.snap.Config.Limits.UpstreamConnectTimeout
 	}
 	s.last = time.Now()
 	s.timer = time.AfterFunc(s.idle, func() { s.l.post(loopCmd{kind: cmdTimer, s: s}) })
