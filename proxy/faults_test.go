@@ -317,14 +317,8 @@ func TestFaults(t *testing.T) {
 				waitFor(t, 10*time.Second, "the gate to end a session whose client has gone", func() bool { return f.srv.conns.len() == 0 })
 			}},
 		{name: "upstream postmaster killed -9 mid-COPY in", upstream: "private", fault: func(t *testing.T, f *faultEnv) {
-			c, err := pgConnect(t, f.pgConnString(f.client))
-			if err != nil {
-				t.Fatal(err)
-			}
+			c := connectToSink(t, f)
 			defer c.Close(context.Background())
-			if _, err := c.Exec(context.Background(), "create table if not exists sink (id bigint, v text)"); err != nil {
-				t.Fatal(err)
-			}
 			pid := postmasterPID(t, f.pg)
 			// After the kill the client sends slowly: a backend fed
 			// without a pause notices its postmaster's death only when it
@@ -332,7 +326,7 @@ func TestFaults(t *testing.T) {
 			var killed time.Time
 			src := newInfiniteRows(8<<20, func() { killed = time.Now(); syscall.Kill(pid, syscall.SIGKILL) })
 			src.pace = 20 * time.Millisecond
-			_, err = within(t, 30*time.Second, "COPY in to a killed upstream", func() error {
+			_, err := within(t, 30*time.Second, "COPY in to a killed upstream", func() error {
 				_, err := c.PgConn().CopyFrom(context.Background(), src, "copy sink from stdin")
 				return err
 			})
@@ -382,16 +376,10 @@ func TestFaults(t *testing.T) {
 			waitFor(t, 5*time.Second, "the session to end", func() bool { return f.srv.conns.len() == 0 })
 		}},
 		{name: "client vanishes mid-COPY in", upstream: "private", fault: func(t *testing.T, f *faultEnv) {
-			c, err := pgConnect(t, f.pgConnString(f.client))
-			if err != nil {
-				t.Fatal(err)
-			}
+			c := connectToSink(t, f)
 			defer c.Close(context.Background())
-			if _, err := c.Exec(context.Background(), "create table if not exists sink (id bigint, v text)"); err != nil {
-				t.Fatal(err)
-			}
 			src := newInfiniteRows(8<<20, func() { vanish(c) })
-			_, err = within(t, 30*time.Second, "COPY in by a client that vanishes", func() error {
+			_, err := within(t, 30*time.Second, "COPY in by a client that vanishes", func() error {
 				_, err := c.PgConn().CopyFrom(context.Background(), src, "copy sink from stdin")
 				return err
 			})
@@ -510,6 +498,21 @@ func TestFaults(t *testing.T) {
 			t.Logf("baseline %s, after %s", base, got)
 		})
 	}
+}
+
+// connectToSink connects through the gate and makes sure the table that
+// COPY in writes to exists.
+func connectToSink(t *testing.T, f *faultEnv) *pgx.Conn {
+	t.Helper()
+	c, err := pgConnect(t, f.pgConnString(f.client))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Exec(context.Background(), "create table if not exists sink (id bigint, v text)"); err != nil {
+		c.Close(context.Background())
+		t.Fatal(err)
+	}
+	return c
 }
 
 // stalledClient connects through the gate to an upstream that answers
