@@ -335,7 +335,7 @@ func (e *env) loadPgbench(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, e.tools["pgbench"], "-i", "-q", "-s", strconv.Itoa(pgScale), e.plainConnInfo())
-	cmd.Env = cleanEnv()
+	cmd.Env = testenv.EnvWithoutPG()
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("running pgbench -i: %w; output:\n%s", err, out)
 	}

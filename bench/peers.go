@@ -7,12 +7,14 @@ import (
 	"os"
 	"path/filepath"
 	"syscall"
+
+	"github.com/spacegate/spacegate/internal/testenv"
 )
 
 // startProxies writes the configuration of spacegate and every peer, starts
 // them, and lists the targets in the order they are measured in round one.
 func (e *env) startProxies(ctx context.Context, gateDir, tlsDir string, cred *syscall.Credential) error {
-	a, err := freeAddrs(7)
+	a, err := testenv.FreeAddrs(7)
 	if err != nil {
 		return err
 	}

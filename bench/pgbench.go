@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/spacegate/spacegate/internal/testenv"
 )
 
 // pgbenchRun is what one pgbench run found.
@@ -47,7 +49,7 @@ func (e *env) pgbench(ctx context.Context, addr string, clients int, extra []str
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, e.tools["pgbench"], args...)
-	cmd.Env = cleanEnv()
+	cmd.Env = testenv.EnvWithoutPG()
 	start := time.Now()
 	out, err := cmd.CombinedOutput()
 	run := pgbenchRun{seconds: time.Since(start).Seconds()}

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/spacegate/spacegate/internal/testenv"
 )
 
 const (
@@ -49,7 +51,7 @@ func startProcess(name string, argv []string, dir, logPath string, cred *syscall
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = cleanEnv()
+	cmd.Env = testenv.EnvWithoutPG()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL, Credential: cred}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting %s: %w", name, err)
@@ -205,37 +207,4 @@ func resetPeak(pid int) error {
 		return fmt.Errorf("resetting peak RSS of pid %d: %w", pid, err)
 	}
 	return nil
-}
-
-// cleanEnv returns the environment without the caller's PG* variables,
-// which would redirect libpq clients and servers.
-func cleanEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "PG") {
-			env = append(env, kv)
-		}
-	}
-	return env
-}
-
-// freeAddrs returns n distinct "127.0.0.1:PORT" addresses.
-func freeAddrs(n int) ([]string, error) {
-	// Holding every listener until all are chosen keeps the ports distinct.
-	var lns []net.Listener
-	defer func() {
-		for _, ln := range lns {
-			ln.Close()
-		}
-	}()
-	var addrs []string
-	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("finding a free port: %w", err)
-		}
-		lns = append(lns, ln)
-		addrs = append(addrs, ln.Addr().String())
-	}
-	return addrs, nil
 }

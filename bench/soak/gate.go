@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spacegate/spacegate/internal/testenv"
 	"github.com/spacegate/spacegate/tlsconf"
 )
 
@@ -71,7 +72,7 @@ func setupGate(ctx context.Context, bin, work, pgUpstream, redisUpstream string)
 	if err != nil {
 		return nil, fmt.Errorf("spacegate quickstart --no-serve: %w\n%s", err, out)
 	}
-	addrs, err := freeAddrs(3)
+	addrs, err := testenv.FreeAddrs(3)
 	if err != nil {
 		return nil, err
 	}
@@ -132,7 +133,7 @@ func (g *gate) start(ctx context.Context) error {
 	defer logf.Close()
 	g.cmd = exec.Command(g.bin, "serve", "--config", g.config)
 	g.cmd.Stdout, g.cmd.Stderr = logf, logf
-	g.cmd.Env = cleanEnv()
+	g.cmd.Env = testenv.EnvWithoutPG()
 	// Its own process group, and killed if soak dies without cleaning up.
 	g.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := g.cmd.Start(); err != nil {
@@ -245,38 +246,6 @@ func (g *gate) rss() (int64, error) {
 		}
 	}
 	return 0, fmt.Errorf("/proc/%d/status has no VmRSS", g.pid())
-}
-
-// freeAddrs returns n distinct free loopback addresses.
-func freeAddrs(n int) ([]string, error) {
-	var addrs []string
-	var lns []net.Listener
-	defer func() {
-		for _, ln := range lns {
-			ln.Close()
-		}
-	}()
-	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		lns = append(lns, ln)
-		addrs = append(addrs, ln.Addr().String())
-	}
-	return addrs, nil
-}
-
-// cleanEnv is the environment without PG* variables, which would redirect
-// pgbench and libpq.
-func cleanEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "PG") {
-			env = append(env, kv)
-		}
-	}
-	return env
 }
 
 // tail returns the end of a log file, for an error message.

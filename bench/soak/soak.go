@@ -32,7 +32,7 @@ const cutWithin = 10 * time.Second
 // pgbenchInit creates pgbench's tables on the upstream directly.
 func pgbenchInit(ctx context.Context, pg *testenv.Postgres) error {
 	cmd := exec.CommandContext(ctx, "pgbench", "-i", "-s", "1", "-q", pg.ConnString())
-	cmd.Env = cleanEnv()
+	cmd.Env = testenv.EnvWithoutPG()
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("pgbench -i: %w\n%s", err, out)
 	}
@@ -52,7 +52,7 @@ func soak(ctx context.Context, o options, g *gate, r *report, w io.Writer) error
 	threads := strconv.Itoa(min(o.clients, 2))
 	secs := strconv.Itoa(int(o.duration.Seconds()))
 	bench := exec.CommandContext(ctx, "pgbench", "-c", clients, "-j", threads, "-T", secs, "-P", "60", g.connString(cert, key))
-	bench.Env = cleanEnv()
+	bench.Env = testenv.EnvWithoutPG()
 	var out bytes.Buffer
 	bench.Stdout, bench.Stderr = &out, &out
 	if err := bench.Start(); err != nil {

@@ -44,6 +44,28 @@ func freeLoopbackPort() (int, error) {
 	return int(addr.Port()), nil
 }
 
+// FreeAddrs returns n distinct "127.0.0.1:PORT" addresses that were free a
+// moment ago, for programs that start servers outside a test (bench/).
+func FreeAddrs(n int) ([]string, error) {
+	// Holding every listener until all are chosen keeps the ports distinct.
+	var lns []net.Listener
+	defer func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}()
+	var addrs []string
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("finding a free port on 127.0.0.1: %w", err)
+		}
+		lns = append(lns, ln)
+		addrs = append(addrs, ln.Addr().String())
+	}
+	return addrs, nil
+}
+
 func loopbackAddr(port int) string {
 	return net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 }

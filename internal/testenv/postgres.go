@@ -395,9 +395,7 @@ func (p *Postgres) awaitReady(proc *serverProcess) error {
 // caller's PG* variables, which would redirect them.
 func (p *Postgres) prepare(cmd *exec.Cmd) {
 	cmd.Dir = p.Dir
-	cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool {
-		return strings.HasPrefix(kv, "PG")
-	})
+	cmd.Env = EnvWithoutPG()
 	if p.cred != nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: p.cred}
 	}
@@ -413,6 +411,15 @@ func (p *Postgres) chown(path string) error {
 		return fmt.Errorf("giving %s to the postgres user: %w", path, err)
 	}
 	return nil
+}
+
+// EnvWithoutPG returns this process's environment without its PG*
+// variables, which would redirect libpq clients and PostgreSQL servers
+// started from it.
+func EnvWithoutPG() []string {
+	return slices.DeleteFunc(os.Environ(), func(kv string) bool {
+		return strings.HasPrefix(kv, "PG")
+	})
 }
 
 // PostgresCredential returns whom to run initdb and postgres (and other
