@@ -78,36 +78,26 @@ func newIPRulesListCmd() *cobra.Command {
 }
 
 func newIPRulesGetCmd() *cobra.Command {
-	var f ipRulesFlags
-	var id string
-	cmd := &cobra.Command{
-		Use:   "get ROUTE --id ID",
-		Short: "Show one IP rule and whether the gate has it in force",
-		Args:  exactArgs(1, "one argument, ROUTE"),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := requireFlags(cmd, "id"); err != nil {
-				return err
-			}
-			return runIPRulesGet(cmd.Context(), cmd.OutOrStdout(), f, args[0], id)
-		},
-	}
-	f.add(cmd, true)
-	cmd.Flags().StringVar(&id, "id", "", "the rule's id")
-	return cmd
+	return newIPRuleByIDCmd("get ROUTE --id ID", "Show one IP rule and whether the gate has it in force", runIPRulesGet)
 }
 
 func newIPRulesDeleteCmd() *cobra.Command {
+	return newIPRuleByIDCmd("delete ROUTE --id ID", "Remove an IP rule from a route", runIPRulesDelete)
+}
+
+// newIPRuleByIDCmd is a command on one rule of a route, named by --id.
+func newIPRuleByIDCmd(use, short string, run func(ctx context.Context, w io.Writer, f ipRulesFlags, route, id string) error) *cobra.Command {
 	var f ipRulesFlags
 	var id string
 	cmd := &cobra.Command{
-		Use:   "delete ROUTE --id ID",
-		Short: "Remove an IP rule from a route",
+		Use:   use,
+		Short: short,
 		Args:  exactArgs(1, "one argument, ROUTE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := requireFlags(cmd, "id"); err != nil {
 				return err
 			}
-			return runIPRulesDelete(cmd.Context(), cmd.OutOrStdout(), f, args[0], id)
+			return run(cmd.Context(), cmd.OutOrStdout(), f, args[0], id)
 		},
 	}
 	f.add(cmd, true)
