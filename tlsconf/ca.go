@@ -19,6 +19,8 @@ import (
 	"net/url"
 	"os"
 	"time"
+
+	"github.com/spacegate/spacegate/internal/atomicfile"
 )
 
 // Default validity periods.
@@ -140,10 +142,10 @@ func (ca *CA) WriteFiles(certFile, keyFile string) error {
 	if err != nil {
 		return fmt.Errorf("writing CA key file %q: %w", keyFile, err)
 	}
-	if err := writeFileExclusive(keyFile, keyPEM, 0o600); err != nil {
+	if err := atomicfile.WriteFileExclusive(keyFile, keyPEM, 0o600); err != nil {
 		return fmt.Errorf("writing CA key file %q: %w", keyFile, err)
 	}
-	if err := writeFileExclusive(certFile, ca.certPEM(), 0o644); err != nil {
+	if err := atomicfile.WriteFileExclusive(certFile, ca.certPEM(), 0o644); err != nil {
 		// A key without its certificate is of no use and would block the
 		// next attempt.
 		os.Remove(keyFile)

@@ -282,10 +282,10 @@ func (s *CertStore) RotateCA(ctx context.Context, opts CAOptions) (*CA, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := WriteFileAtomic(s.path(retiredDir, name+".key"), oldKey, 0o600); err != nil {
+	if err := atomicfile.WriteFile(s.path(retiredDir, name+".key"), oldKey, 0o600); err != nil {
 		return nil, fmt.Errorf("rotating CA: %w", err)
 	}
-	if err := WriteFileAtomic(s.path(retiredDir, name+".crt"), old.CertPEM, 0o644); err != nil {
+	if err := atomicfile.WriteFile(s.path(retiredDir, name+".crt"), old.CertPEM, 0o644); err != nil {
 		return nil, fmt.Errorf("rotating CA: %w", err)
 	}
 	// Bundle first: the gate then trusts both CAs, and the CRL on disk,
@@ -294,14 +294,14 @@ func (s *CertStore) RotateCA(ctx context.Context, opts CAOptions) (*CA, error) {
 	for _, c := range bundle {
 		pemBundle = append(pemBundle, pem.EncodeToMemory(&pem.Block{Type: pemCertificate, Bytes: c.Raw})...)
 	}
-	if err := WriteFileAtomic(s.CAFile(), pemBundle, 0o644); err != nil {
+	if err := atomicfile.WriteFile(s.CAFile(), pemBundle, 0o644); err != nil {
 		return nil, fmt.Errorf("rotating CA: %w", err)
 	}
 	newKey, err := marshalKeyPEM(ca.Key)
 	if err != nil {
 		return nil, err
 	}
-	if err := WriteFileAtomic(s.CAKeyFile(), newKey, 0o600); err != nil {
+	if err := atomicfile.WriteFile(s.CAKeyFile(), newKey, 0o600); err != nil {
 		return nil, fmt.Errorf("rotating CA: %w", err)
 	}
 	if err := s.writeCRL(ca); err != nil {
@@ -363,10 +363,10 @@ func (s *CertStore) IssueServer(ctx context.Context, names []string, certFile, k
 	if err != nil {
 		return nil, err
 	}
-	if err := writeFileExclusive(keyFile, iss.KeyPEM, 0o600); err != nil {
+	if err := atomicfile.WriteFileExclusive(keyFile, iss.KeyPEM, 0o600); err != nil {
 		return nil, fmt.Errorf("writing server key: %w", err)
 	}
-	if err := writeFileExclusive(certFile, iss.CertPEM, 0o644); err != nil {
+	if err := atomicfile.WriteFileExclusive(certFile, iss.CertPEM, 0o644); err != nil {
 		os.Remove(keyFile)
 		return nil, fmt.Errorf("writing server certificate: %w", err)
 	}

@@ -16,6 +16,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/spacegate/spacegate/internal/atomicfile"
 )
 
 // CertStatus is the state of an issued client certificate, as `spacegate
@@ -157,10 +159,10 @@ func (s *CertStore) create(ca *CA, req ClientRequest, replaces string) (*ClientC
 		return nil, fmt.Errorf("creating client certificate: %w", err)
 	}
 	certFile, keyFile := s.ClientFiles(id)
-	if err := WriteFileAtomic(keyFile, iss.KeyPEM, 0o600); err != nil {
+	if err := atomicfile.WriteFile(keyFile, iss.KeyPEM, 0o600); err != nil {
 		return nil, fmt.Errorf("creating client certificate: %w", err)
 	}
-	if err := WriteFileAtomic(certFile, append(slices.Clone(iss.CertPEM), ca.CertPEM...), 0o644); err != nil {
+	if err := atomicfile.WriteFile(certFile, append(slices.Clone(iss.CertPEM), ca.CertPEM...), 0o644); err != nil {
 		return nil, fmt.Errorf("creating client certificate: %w", err)
 	}
 	// meta.json last: a directory without it is an interrupted create,
@@ -200,7 +202,7 @@ func (s *CertStore) writeMeta(cc *ClientCert) error {
 	if err != nil {
 		return err
 	}
-	return WriteFileAtomic(s.path(clientsDir, cc.ID, metaName), append(data, '\n'), 0o644)
+	return atomicfile.WriteFile(s.path(clientsDir, cc.ID, metaName), append(data, '\n'), 0o644)
 }
 
 // Get returns the client certificate with id, or an error wrapping

@@ -10,6 +10,8 @@ import (
 	"math/big"
 	"os"
 	"time"
+
+	"github.com/spacegate/spacegate/internal/atomicfile"
 )
 
 // Revoke marks client certificate id revoked and writes a new CRL that
@@ -160,7 +162,7 @@ func (s *CertStore) writeCRL(ca *CA) error {
 	if err != nil {
 		return err
 	}
-	if err := WriteFileAtomic(s.CRLFile(), crl, 0o644); err != nil {
+	if err := atomicfile.WriteFile(s.CRLFile(), crl, 0o644); err != nil {
 		return fmt.Errorf("writing CRL: %w", err)
 	}
 	return nil

@@ -16,8 +16,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spacegate/spacegate/internal/atomicfile"
 	"github.com/spacegate/spacegate/internal/testenv"
-	"github.com/spacegate/spacegate/tlsconf"
 )
 
 // The quickstart's addresses, which setupGate replaces.
@@ -103,7 +103,7 @@ func setupGate(ctx context.Context, bin, work, pgUpstream, redisUpstream string)
 		}
 		text = strings.Replace(text, r.old, r.new, 1)
 	}
-	if err := tlsconf.WriteFileAtomic(g.config, []byte(text), 0o644); err != nil {
+	if err := atomicfile.WriteFile(g.config, []byte(text), 0o644); err != nil {
 		return nil, err
 	}
 	return g, nil

@@ -22,6 +22,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/spacegate/spacegate/allowlist"
+	"github.com/spacegate/spacegate/internal/atomicfile"
 	"github.com/spacegate/spacegate/internal/testenv"
 	"github.com/spacegate/spacegate/tlsconf"
 )
@@ -186,7 +187,7 @@ func (rv *revoker) cycle(ctx context.Context, n int) (time.Duration, error) {
 		return 0, err
 	}
 	revokedAt := time.Now()
-	if err := tlsconf.WriteFileAtomic(filepath.Join(pki, "ca.crl"), crl, 0o644); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(pki, "ca.crl"), crl, 0o644); err != nil {
 		return 0, err
 	}
 	for {

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/spacegate/spacegate/allowlist"
+	"github.com/spacegate/spacegate/internal/atomicfile"
 	"github.com/spacegate/spacegate/tlsconf"
 )
 
@@ -153,7 +154,7 @@ func (q quickstart) clientBundle(ctx context.Context, store *tlsconf.CertStore) 
 	}
 	if exists(files.Cert) && exists(files.Key) {
 		if !exists(files.Root) {
-			return tlsconf.WriteFileAtomic(files.Root, roots, 0o644)
+			return atomicfile.WriteFile(files.Root, roots, 0o644)
 		}
 		return nil
 	}
@@ -232,7 +233,7 @@ routes:
     upstream: 127.0.0.1:6379
     ip_rules_file: rules/` + qsRedisRoute + `.yaml
 `
-	return tlsconf.WriteFileAtomic(file, []byte(cfg), 0o644)
+	return atomicfile.WriteFile(file, []byte(cfg), 0o644)
 }
 
 func (q quickstart) printHowTo() {

@@ -3,6 +3,7 @@ package atomicfile
 import (
 	"context"
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -56,6 +57,23 @@ func TestWriteFileMissingDir(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "no", "such", "f")
 	if err := WriteFile(path, []byte("x"), 0o644); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("WriteFile into a missing directory: %v, want os.ErrNotExist", err)
+	}
+}
+
+func TestWriteFileExclusive(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "ca.key")
+	if err := WriteFileExclusive(path, []byte("one"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteFileExclusive(path, []byte("two"), 0o600); !errors.Is(err, fs.ErrExist) {
+		t.Errorf("second write: %v, want fs.ErrExist", err)
+	}
+	if got, _ := os.ReadFile(path); string(got) != "one" {
+		t.Errorf("file holds %q, want the first write", got)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
+		t.Errorf("directory holds %d entries, want 1", len(entries))
 	}
 }
 

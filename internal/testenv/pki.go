@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spacegate/spacegate/internal/atomicfile"
 	"github.com/spacegate/spacegate/tlsconf"
 )
 
@@ -207,7 +208,7 @@ func (p *PKI) ServerPool() *x509.CertPool {
 // half of one.
 func pkiWrite(t testing.TB, path string, data []byte, perm os.FileMode) {
 	t.Helper()
-	if err := tlsconf.WriteFileAtomic(path, data, perm); err != nil {
+	if err := atomicfile.WriteFile(path, data, perm); err != nil {
 		t.Fatalf("writing %s: %v", path, err)
 	}
 }
