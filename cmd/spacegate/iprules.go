@@ -139,16 +139,27 @@ func (v ruleView) write(w io.Writer, asJSON bool) error {
 }
 
 // ruleStore returns the rules store of a route.
-func ruleStore(r *proxy.RouteConfig) *allowlist.Store {
-	return &allowlist.Store{Path: r.IPRulesFile, MaxRules: r.MaxIPRules}
+// openRules loads the config and returns the named route and the store of
+// its rules file.
+func openRules(configFlag, routeName string) (*env, *proxy.RouteConfig, *allowlist.Store, error) {
+	e, err := loadEnv(configFlag)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	route, err := e.route(routeName)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return e, route, &allowlist.Store{Path: route.IPRulesFile, MaxRules: route.MaxIPRules}, nil
+}
+
+// seeRules adds the hint that lists a route's rules to err.
+func seeRules(err error, routeName string) error {
+	return withHint(err, "see the rules with: spacegate ip-rules list %s", routeName)
 }
 
 func runIPRulesCreate(ctx context.Context, w io.Writer, f ipRulesFlags, routeName, cidrText, desc string) error {
-	e, err := loadEnv(f.config)
-	if err != nil {
-		return err
-	}
-	route, err := e.route(routeName)
+	e, route, store, err := openRules(f.config, routeName)
 	if err != nil {
 		return err
 	}
@@ -159,10 +170,10 @@ func runIPRulesCreate(ctx context.Context, w io.Writer, f ipRulesFlags, routeNam
 	if err := os.MkdirAll(filepath.Dir(route.IPRulesFile), 0o755); err != nil {
 		return err
 	}
-	rule, err := ruleStore(route).Create(ctx, cidr, desc)
+	rule, err := store.Create(ctx, cidr, desc)
 	switch {
 	case errors.Is(err, allowlist.ErrDuplicateCIDR):
-		return withHint(err, "see the rules with: spacegate ip-rules list %s", routeName)
+		return seeRules(err, routeName)
 	case errors.Is(err, allowlist.ErrTooManyRules):
 		return withHint(fmt.Errorf("route %s already has %d IP rules, its max_ip_rules", routeName, route.MaxIPRules),
 			"delete one with `spacegate ip-rules delete %s --id ID`, or raise max_ip_rules of the route in %s", routeName, e.path)
@@ -193,15 +204,11 @@ func parseRuleCIDR(s string) (netip.Prefix, error) {
 }
 
 func runIPRulesList(ctx context.Context, w io.Writer, f ipRulesFlags, routeName string) error {
-	e, err := loadEnv(f.config)
+	e, _, store, err := openRules(f.config, routeName)
 	if err != nil {
 		return err
 	}
-	route, err := e.route(routeName)
-	if err != nil {
-		return err
-	}
-	rules, err := ruleStore(route).Load()
+	rules, err := store.Load()
 	if err != nil {
 		return err
 	}
@@ -226,17 +233,13 @@ func runIPRulesList(ctx context.Context, w io.Writer, f ipRulesFlags, routeName 
 }
 
 func runIPRulesGet(ctx context.Context, w io.Writer, f ipRulesFlags, routeName, id string) error {
-	e, err := loadEnv(f.config)
+	e, _, store, err := openRules(f.config, routeName)
 	if err != nil {
 		return err
 	}
-	route, err := e.route(routeName)
-	if err != nil {
-		return err
-	}
-	rule, err := ruleStore(route).Get(id)
+	rule, err := store.Get(id)
 	if errors.Is(err, allowlist.ErrRuleNotFound) {
-		return withHint(err, "see the rules with: spacegate ip-rules list %s", routeName)
+		return seeRules(err, routeName)
 	}
 	if err != nil {
 		return err
@@ -246,17 +249,13 @@ func runIPRulesGet(ctx context.Context, w io.Writer, f ipRulesFlags, routeName, 
 }
 
 func runIPRulesDelete(ctx context.Context, w io.Writer, f ipRulesFlags, routeName, id string) error {
-	e, err := loadEnv(f.config)
+	e, _, store, err := openRules(f.config, routeName)
 	if err != nil {
 		return err
 	}
-	route, err := e.route(routeName)
-	if err != nil {
-		return err
-	}
-	rule, err := ruleStore(route).Delete(ctx, id)
+	rule, err := store.Delete(ctx, id)
 	if errors.Is(err, allowlist.ErrRuleNotFound) {
-		return withHint(err, "see the rules with: spacegate ip-rules list %s", routeName)
+		return seeRules(err, routeName)
 	}
 	if err != nil {
 		return err
