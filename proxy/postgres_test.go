@@ -54,6 +54,28 @@ func pgConnect(t *testing.T, connString string, tweak ...func(*pgx.ConnConfig)) 
 	return pgx.ConnectConfig(ctx, cfg)
 }
 
+// requireRefusal checks that a connection attempt (c, err) was refused with
+// FATAL code and a message that contains each of contains.
+func requireRefusal(t *testing.T, c *pgx.Conn, err error, code string, contains ...string) {
+	t.Helper()
+	if err == nil {
+		c.Close(context.Background())
+		t.Fatal("connection was accepted")
+	}
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		t.Fatalf("want a PostgreSQL error, got %v", err)
+	}
+	if pgErr.Severity != "FATAL" || pgErr.Code != code {
+		t.Errorf("got %s %s, want FATAL %s: %s", pgErr.Severity, pgErr.Code, code, pgErr.Message)
+	}
+	for _, s := range contains {
+		if !strings.Contains(pgErr.Message, s) {
+			t.Errorf("message %q does not contain %q", pgErr.Message, s)
+		}
+	}
+}
+
 func mustQueryInt(t *testing.T, c *pgx.Conn, sql string) int {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -189,22 +211,7 @@ func TestPostgresRefusals(t *testing.T) {
 			}
 			before := len(e.refusals(tc.reason))
 			c, err := pgConnect(t, e.pgConnString(tc.cert, tc.extra...), tweaks...)
-			if err == nil {
-				c.Close(context.Background())
-				t.Fatal("connection was accepted")
-			}
-			var pgErr *pgconn.PgError
-			if !errors.As(err, &pgErr) {
-				t.Fatalf("want a PostgreSQL error, got %v", err)
-			}
-			if pgErr.Severity != "FATAL" || pgErr.Code != tc.code {
-				t.Errorf("got %s %s, want FATAL %s: %s", pgErr.Severity, pgErr.Code, tc.code, pgErr.Message)
-			}
-			for _, s := range tc.contains {
-				if !strings.Contains(pgErr.Message, s) {
-					t.Errorf("message %q does not contain %q", pgErr.Message, s)
-				}
-			}
+			requireRefusal(t, c, err, tc.code, tc.contains...)
 			waitFor(t, 5*time.Second, "audit line with reason "+tc.reason, func() bool { return len(e.refusals(tc.reason)) > before })
 			line := e.refusals(tc.reason)[before].ContextMap()
 			if want := map[bool]string{true: "negotiate", false: "check"}[tc.reason == "tls_required"]; line["phase"] != want {

@@ -13,8 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
-
 	"github.com/spacegate/spacegate/internal/testenv"
 	"github.com/spacegate/spacegate/tlsconf"
 )
@@ -120,22 +118,7 @@ func TestPostureClientCerts(t *testing.T) {
 				}
 				return
 			}
-			if err == nil {
-				c.Close(context.Background())
-				t.Fatal("connection was accepted")
-			}
-			var pgErr *pgconn.PgError
-			if !errors.As(err, &pgErr) {
-				t.Fatalf("want a PostgreSQL error, got %v", err)
-			}
-			if pgErr.Severity != "FATAL" || pgErr.Code != "28000" {
-				t.Errorf("got %s %s, want FATAL 28000: %s", pgErr.Severity, pgErr.Code, pgErr.Message)
-			}
-			for _, s := range tc.contains {
-				if !strings.Contains(pgErr.Message, s) {
-					t.Errorf("message %q does not contain %q", pgErr.Message, s)
-				}
-			}
+			requireRefusal(t, c, err, "28000", tc.contains...)
 			if tc.reason != "" {
 				waitFor(t, 5*time.Second, "audit line with reason "+tc.reason, func() bool { return len(e.refusals(tc.reason)) > before })
 			}
