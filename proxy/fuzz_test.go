@@ -234,6 +234,21 @@ routes:
 	return h
 }
 
+// panics returns spacegate_panics_total.
+func (h *serveFuzz) panics(t *testing.T) float64 {
+	mfs, err := h.srv.metrics.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "spacegate_panics_total" {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatal("no spacegate_panics_total")
+	return 0
+}
+
 // FuzzServe runs a connection's serve, from accept to finish, on a real
 // loopback socket whose client sends the fuzzed bytes and half-closes, so
 // that any first bytes reach the refusal path (finish, tellClient,
@@ -323,8 +338,12 @@ func FuzzServe(f *testing.F) {
 		if n, p := h.srv.conns.len(), h.srv.pending.Load(); n != 0 || p != 0 {
 			t.Fatalf("after serve: %d connections listed, %d pending", n, p)
 		}
+		// A panic recovered in serve is logged with its stack and counted.
 		if l := h.logs.TakeAll(); len(l) > 0 {
 			t.Fatalf("logged an error: %s %v", l[0].Message, l[0].ContextMap())
+		}
+		if n := h.panics(t); n != 0 {
+			t.Fatalf("spacegate_panics_total %v", n)
 		}
 		// A reset may cut the answer short; a clean end may not.
 		whole := a.err == nil

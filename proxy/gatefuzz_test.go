@@ -380,6 +380,13 @@ func (g *gateFuzz) check() error {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	// The observed log keeps every line: take them, so that a long run
+	// does not grow, and look for errors among them.
+	for _, l := range e.logs.TakeAll() {
+		if l.Level >= zapcore.ErrorLevel {
+			return fmt.Errorf("the gate logged an error: %s %v", l.Message, l.ContextMap())
+		}
+	}
 	if err := g.health(); err != nil {
 		return err
 	}
@@ -392,27 +399,47 @@ func (g *gateFuzz) check() error {
 	if err := g.goodRedis(); err != nil {
 		return fmt.Errorf("good client of route cache: %w", err)
 	}
-	// The observed log keeps every line: take them, so that a long run
-	// does not grow, and look for errors among them.
-	for _, l := range e.logs.TakeAll() {
-		if l.Level >= zapcore.ErrorLevel {
-			return fmt.Errorf("the gate logged an error: %s %v", l.Message, l.ContextMap())
-		}
+	return nil
+}
+
+// health checks the admin endpoint as a probe and a dashboard see it:
+// /healthz answers, and /metrics counts no panic (a panic recovered in a
+// connection's code closes only that connection, but is a bug).
+func (g *gateFuzz) health() error {
+	if _, err := g.adminGet("/healthz"); err != nil {
+		return err
+	}
+	m, err := g.adminGet("/metrics")
+	if err != nil {
+		return err
+	}
+	const panics = "\nspacegate_panics_total "
+	i := strings.Index(m, panics)
+	if i < 0 {
+		return errors.New("/metrics lacks spacegate_panics_total")
+	}
+	if n, _, _ := strings.Cut(m[i+len(panics):], "\n"); n != "0" {
+		return fmt.Errorf("spacegate_panics_total %s: the log has the stack", n)
 	}
 	return nil
 }
 
-func (g *gateFuzz) health() error {
+func (g *gateFuzz) adminGet(path string) (string, error) {
+	// No keep-alive: an idle pooled connection would trip goleak.
 	c := http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-	resp, err := c.Get(g.e.admin + "/healthz")
+	resp, err := c.Get(g.e.admin + path)
 	if err != nil {
-		return fmt.Errorf("GET /healthz: %w", err)
+		return "", fmt.Errorf("GET %s: %w", path, err)
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET /healthz: %s", resp.Status)
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", fmt.Errorf("GET %s: %w", path, err)
 	}
-	return nil
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("GET %s: %s", path, resp.Status)
+	}
+	return string(b), nil
 }
 
 func (g *gateFuzz) goodPostgres(addr, host string) error {
