@@ -38,6 +38,8 @@ import (
 // A crash of the process (a panic in any connection) is reported with the
 // input that caused it; a failed batch check names the last inputs.
 func FuzzGate(f *testing.F) {
+	// Every process that runs this starts a gate: each fuzz worker, and
+	// also the coordinator, whose gate stays idle.
 	g := newGateFuzz(f)
 	f.Fuzz(func(t *testing.T, pre, route, src uint8, data []byte) {
 		in := g.input(pre, route, src, data)
@@ -49,7 +51,7 @@ func FuzzGate(f *testing.F) {
 			}
 		}
 	})
-	// Seed corpus mode ends here; a fuzz worker never returns from Fuzz.
+	// The end of the seed corpus (or of a fuzzing run, harmlessly).
 	if err := g.check(); err != nil {
 		f.Fatalf("after the %d inputs of the corpus: %v", g.runs, err)
 	}
@@ -63,10 +65,10 @@ const (
 
 // The source addresses of the fuzzer's connections: all this machine.
 const (
-	fuzzAllowed    = "127.0.0.1" // in the rules
-	fuzzDisallowed = "127.0.0.2" // in no rule
-	fuzzTrusted    = "127.0.0.3" // a PROXY protocol peer, itself in no rule
-	fuzzStranger   = "203.0.113.9"
+	fuzzAllowed    = "127.0.0.1"   // in the rules
+	fuzzDisallowed = "127.0.0.2"   // in no rule
+	fuzzTrusted    = "127.0.0.3"   // a PROXY protocol peer, itself in no rule
+	fuzzStranger   = "203.0.113.9" // a client a PROXY header may name, in no rule
 )
 
 // gateStep is one part of a preamble, sent by the fuzz client as a real
