@@ -99,8 +99,8 @@ type conn struct {
 	pgDB      string
 	startup   []byte // the PostgreSQL StartupMessage to forward, unchanged
 	cancel    bool
-	admitted  bool // holds connection-limit slots
-	pending   bool // counted in Server.pending: accepted, not yet admitted
+	admitted  bool          // holds connection-limit slots
+	pend      *pendingEntry // in the pending pool: accepted, not yet admitted; nil after
 	bytesUp   int64
 	bytesDown int64
 }
@@ -113,6 +113,9 @@ func (c *conn) serve(ctx context.Context) (handedOff bool) {
 	err := c.run(ctx)
 	if err == errHandedOff {
 		return true
+	}
+	if c.pend != nil && c.pend.evicted.Load() {
+		err = evictedRefusal() // its socket was closed under it: that is why it failed
 	}
 	c.finish(err)
 	return false
@@ -142,10 +145,13 @@ func (c *conn) run(ctx context.Context) error {
 		return err
 	}
 	c.phase = PhaseCheck
+	c.advance(progressChecking)
 	if err := c.admit(); err != nil {
 		return err
 	}
-	c.leavePending()
+	if c.leavePending() {
+		return evictedRefusal()
+	}
 	c.phase = PhaseDial
 	// Listed first, then compared with the snapshot in force: a reload that
 	// swapped in between either finds this connection listed and checks it,
@@ -179,12 +185,28 @@ func (c *conn) run(ctx context.Context) error {
 	return c.splice()
 }
 
-// leavePending stops counting the connection as in handshake.
-func (c *conn) leavePending() {
-	if c.pending {
-		c.pending = false
-		c.srv.pending.Add(-1)
+// leavePending takes the connection off the pending pool, and reports
+// whether the pool had evicted it meanwhile.
+func (c *conn) leavePending() (evicted bool) {
+	if c.pend == nil {
+		return false
 	}
+	e := c.pend
+	c.pend = nil
+	return c.srv.pool.remove(e)
+}
+
+// advance records the connection's progress in the pending pool.
+func (c *conn) advance(p progress) {
+	if c.pend != nil {
+		c.srv.pool.advance(c.pend, p)
+	}
+}
+
+// evictedRefusal ends a connection evicted from a full pending pool. Its
+// socket is closed: nothing more can be told.
+func evictedRefusal() *Refusal {
+	return &Refusal{Reason: ReasonPendingEvicted, Msg: "evicted from the full pending pool, having made the least progress", quiet: true}
 }
 
 // armExpiry schedules the cut of the connection at its certificate's
@@ -207,6 +229,7 @@ func (c *conn) readFirstByte() (byte, error) {
 	if _, err := io.ReadFull(c.nc, b[:]); err != nil {
 		return 0, err
 	}
+	c.advance(progressStarted)
 	if !mayStartProxyHeader(b[0]) {
 		return b[0], nil
 	}
@@ -221,11 +244,34 @@ func (c *conn) readFirstByte() (byte, error) {
 			fmt.Sprintf("PROXY protocol header from %s, which is not in proxy_protocol.trusted_cidrs", c.peer.Addr()), nil)
 	} else if ok {
 		c.src = src
+		if err := c.screenProxied(); err != nil {
+			return 0, err
+		}
 	}
 	if _, err := io.ReadFull(c.nc, b[:]); err != nil {
 		return 0, err
 	}
 	return b[0], nil
+}
+
+// screenProxied applies to a client behind a trusted proxy, once its
+// header has named it, what accept applies to the others: its source's
+// bound on pending connections, and a close before TLS if no route of the
+// listener allows it while the pool is under pressure or its courtesy is
+// spent.
+func (c *conn) screenProxied() error {
+	lim := c.snap.Config.Limits
+	if c.pend != nil {
+		for _, v := range c.srv.pool.setSource(c.pend, c.src.Addr(), lim.MaxPendingPerSource) {
+			closeEvicted(v)
+		}
+	}
+	src := c.src.Addr()
+	if (c.srv.pool.pressure(lim.MaxPending) || c.srv.refusals.courtesySpent(src)) && !c.lis.allows(src) {
+		return &Refusal{Reason: ReasonIPNotAllowedPreTLS, quiet: true,
+			Msg: fmt.Sprintf("source address %s is allowed by no route of %s; closed before TLS under load", src, c.lis.Addr)}
+	}
+	return nil
 }
 
 // routeName names the connection's route for logs and metrics before and
@@ -247,6 +293,7 @@ func (c *conn) routeName() string {
 // client can be told which names are served.
 func (c *conn) startTLS(ctx context.Context, prefix []byte) error {
 	c.phase = PhaseHandshake
+	c.advance(progressTLS)
 	raw := c.nc
 	if len(prefix) > 0 {
 		raw = &prefixConn{Conn: c.nc, prefix: prefix}
@@ -354,7 +401,7 @@ func (c *conn) finish(err error) {
 	c.srv.conns.remove(c)
 	c.leavePending()
 	if c.admitted {
-		c.srv.limits.release(c.route.Name, c.src.Addr())
+		c.srv.limits.release(c.route.Name, c.src.Addr(), c.identity.Serial)
 	}
 	c.audit(ref) // before PhaseClosed: a refusal's line names the phase it failed in
 	c.phase = PhaseClosed
@@ -457,7 +504,9 @@ func (c *conn) audit(ref *Refusal) {
 		if ref.Err != nil {
 			fields = append(fields, zap.Error(ref.Err))
 		}
-		c.srv.log.Warn("connection refused", fields...)
+		if c.srv.refusals.note(c.src.Addr(), ref.Reason) {
+			c.srv.log.Warn("connection refused", fields...)
+		}
 	default:
 		m.closed.WithLabelValues(c.routeName()).Inc()
 		m.duration.WithLabelValues(c.routeName()).Observe(time.Since(c.start).Seconds())
