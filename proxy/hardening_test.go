@@ -360,7 +360,9 @@ func TestSlowAndIdleClients(t *testing.T) {
 			t.Errorf("only %d probes ran during the flood", probes.Load())
 		}
 		waitFor(t, 5*time.Second, "no connection left in handshake", func() bool { return e.srv.pending.Load() == 0 })
-		waitFor(t, 5*time.Second, "a refusal counted per slow client", func() bool { return e.metricSum(t, "spacegate_connections_refused_total", `reason="handshake_failed"`) >= n })
+		waitFor(t, 5*time.Second, "a refusal counted per slow client", func() bool {
+			return e.metricSum(t, "spacegate_connections_refused_total", `reason="handshake_failed"`) >= n
+		})
 		got := awaitBaseline(t, base, 10*time.Second)
 		t.Logf("before the flood %s, after it %s", base, got)
 	})
