@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -137,11 +138,11 @@ func (p *pendingPool) add(e *pendingEntry, max, maxPerSource int, screen func() 
 			p.bySrc[e.key] = sp
 		}
 		if sp.n >= maxPerSource {
-			victims = append(victims, p.evictLocked(sp.lists.victim()))
+			victims = append(victims, p.evictLocked(p.victimLocked(&sp.lists)))
 		}
 	}
 	if p.n >= max {
-		victims = append(victims, p.evictLocked(p.lists.victim()))
+		victims = append(victims, p.evictLocked(p.victimLocked(&p.lists)))
 	}
 	e.in, e.src, e.progress = true, sp, progressSilent
 	p.lists[progressSilent].push(e, poolList)
@@ -154,10 +155,32 @@ func (p *pendingPool) add(e *pendingEntry, max, maxPerSource int, screen func() 
 	return victims, false
 }
 
+// maxPeek bounds the silent entries whose sockets one eviction looks into.
+const maxPeek = 8
+
+// victimLocked returns the entry of b to evict. A "silent" entry whose
+// client has sent bytes the gate has not read yet (its goroutine has not
+// run since, on a loaded machine) has progressed: it is moved up first, so
+// that a real client is not evicted for the gate's own delay.
+func (p *pendingPool) victimLocked(b *byProgress) *pendingEntry {
+	for range maxPeek {
+		e := b[progressSilent].head
+		if e == nil || !hasArrived(e.nc) {
+			break
+		}
+		p.advanceLocked(e, progressStarted)
+	}
+	return b.victim()
+}
+
 // advance records that e has come to level pr.
 func (p *pendingPool) advance(e *pendingEntry, pr progress) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.advanceLocked(e, pr)
+}
+
+func (p *pendingPool) advanceLocked(e *pendingEntry, pr progress) {
 	if !e.in || pr <= e.progress {
 		return
 	}
@@ -186,7 +209,7 @@ func (p *pendingPool) setSource(e *pendingEntry, src netip.Addr, maxPerSource in
 	}
 	var victims []*pendingEntry
 	if sp.n >= maxPerSource {
-		victims = append(victims, p.evictLocked(sp.lists.victim()))
+		victims = append(victims, p.evictLocked(p.victimLocked(&sp.lists)))
 	}
 	e.src = sp
 	sp.lists[e.progress].push(e, sourceList)
@@ -242,6 +265,26 @@ func closeEvicted(e *pendingEntry) {
 		return
 	}
 	resetClose(e.nc)
+}
+
+// hasArrived reports whether bytes from the peer wait unread on nc. It
+// neither reads nor waits, nor contends with a Read blocked on nc.
+func hasArrived(nc net.Conn) bool {
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	arrived := false
+	var buf [1]byte
+	_ = rc.Control(func(fd uintptr) {
+		n, _, err := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		arrived = n > 0 && err == nil
+	})
+	return arrived
 }
 
 // resetClose closes nc with an RST rather than a FIN: for connections the

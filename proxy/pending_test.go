@@ -1,10 +1,12 @@
 package proxy
 
 import (
+	"net"
 	"net/netip"
 	"slices"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // TestPendingPoolEvictsLeastProgress: a full pool, gate-wide or for one
@@ -152,5 +154,45 @@ func BenchmarkPendingPool(b *testing.B) {
 		p.advance(e, progressTLS)
 		p.advance(e, progressChecking)
 		p.remove(e)
+	}
+}
+
+// TestPendingPoolSeesUnreadBytes: a connection whose client has sent bytes
+// the gate has not read yet is not "silent": the next one goes first.
+func TestPendingPoolSeesUnreadBytes(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var count atomic.Int64
+	p := pendingPool{count: &count}
+	src := netip.MustParseAddr("127.0.0.1")
+	var entries []*pendingEntry
+	for i := range 3 {
+		cc, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cc.Close()
+		sc, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sc.Close()
+		if i == 0 {
+			cc.Write(sslRequestPacket)
+			waitFor(t, 5*time.Second, "the bytes to arrive", func() bool { return hasArrived(sc) })
+		}
+		e := &pendingEntry{nc: sc, key: src}
+		p.add(e, 10, 3, nil)
+		entries = append(entries, e)
+	}
+	victims, _ := p.add(&pendingEntry{key: src}, 10, 3, nil)
+	if len(victims) != 1 || victims[0] != entries[1] {
+		t.Fatalf("evicted %v, want the second connection, the oldest with nothing sent", victims)
+	}
+	if entries[0].progress != progressStarted {
+		t.Errorf("the first connection's progress is %d, want started", entries[0].progress)
 	}
 }
