@@ -226,10 +226,15 @@ func (c *conn) armExpiry() {
 // the peer may send one and does.
 func (c *conn) readFirstByte() (byte, error) {
 	var b [1]byte
+	if c.pend != nil {
+		if err := waitReadable(c.nc); err != nil {
+			return 0, err
+		}
+		c.advance(progressStarted)
+	}
 	if _, err := io.ReadFull(c.nc, b[:]); err != nil {
 		return 0, err
 	}
-	c.advance(progressStarted)
 	if !mayStartProxyHeader(b[0]) {
 		return b[0], nil
 	}
@@ -293,21 +298,23 @@ func (c *conn) routeName() string {
 // client can be told which names are served.
 func (c *conn) startTLS(ctx context.Context, prefix []byte) error {
 	c.phase = PhaseHandshake
-	c.advance(progressTLS)
 	raw := c.nc
 	if len(prefix) > 0 {
 		raw = &prefixConn{Conn: c.nc, prefix: prefix}
 	}
-	cfg := c.lis.Routes[0].TLS
-	if c.lis.Shared() {
-		cfg = &tls.Config{GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-			c.sni = hello.ServerName
-			if c.route = c.lis.Route(hello.ServerName); c.route != nil {
-				return c.route.TLS, nil
-			}
-			return c.lis.Routes[0].TLS, nil
-		}}
-	}
+	// Called once the whole ClientHello has arrived: the progress that
+	// tells a real client from a socket that trickles or stalls.
+	cfg := &tls.Config{GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+		c.advance(progressHello)
+		if !c.lis.Shared() {
+			return c.route.TLS, nil
+		}
+		c.sni = hello.ServerName
+		if c.route = c.lis.Route(hello.ServerName); c.route != nil {
+			return c.route.TLS, nil
+		}
+		return c.lis.Routes[0].TLS, nil
+	}}
 	c.fd = newFdConn(raw)
 	tc := tls.Server(c.fd, cfg)
 	c.tlsConn = tc

@@ -376,8 +376,34 @@ func TestSlowAndIdleClients(t *testing.T) {
 		}
 		defer live.Close(context.Background())
 
-		// The pool fills with silent sockets from four sources, so that
-		// the gate-wide bound is reached before any source's own.
+		// Silent sockets never reach the gate: the kernel holds them until
+		// they send something (TCP_DEFER_ACCEPT), which a real client does
+		// at once.
+		var silent []net.Conn
+		defer func() {
+			for _, c := range silent {
+				c.Close()
+			}
+		}()
+		for range 2 * maxPending {
+			c, err := net.DialTimeout("tcp", e.pgAddr, 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			silent = append(silent, c)
+		}
+		probe, err := pgConnect(t, e.pgConnString(e.client))
+		if err != nil {
+			t.Fatalf("a client behind %d silent sockets: %v", len(silent), err)
+		}
+		probe.Close(context.Background())
+		if got := e.srv.pending.Load(); got != 0 {
+			t.Errorf("%d connections pending after %d silent sockets, want none: they stay in the kernel", got, len(silent))
+		}
+
+		// The pool fills with stalled sockets, which have sent one byte,
+		// from four sources, so that the gate-wide bound is reached before
+		// any source's own.
 		var flood []net.Conn
 		defer func() {
 			for _, c := range flood {
@@ -389,31 +415,35 @@ func TestSlowAndIdleClients(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			if _, err := c.Write([]byte{tlsRecordHandshake}); err != nil {
+				t.Fatal(err)
+			}
 			return c
 		}
+		// One at a time, each read before the next: oldest is then first.
 		for i := range maxPending {
 			flood = append(flood, dial(i))
+			waitFor(t, 5*time.Second, "the stalled socket's byte to be read", func() bool { return e.srv.pool.at(progressStarted) == i+1 })
 		}
-		waitFor(t, 5*time.Second, "the flood to fill max_pending", func() bool { return e.srv.pending.Load() == maxPending })
 
-		// Beyond the bound each newcomer evicts the oldest silent socket,
+		// Beyond the bound each newcomer evicts the oldest stalled socket,
 		// which is closed at once, and the pool stays full.
 		for i := range 100 {
 			flood = append(flood, dial(i))
 			oldest := flood[i]
 			oldest.SetReadDeadline(time.Now().Add(3 * time.Second))
 			if _, err := oldest.Read(make([]byte, 1)); !isClosed(err) {
-				t.Fatalf("connection %d, the oldest silent one, after newcomer %d: read %v, want it closed", i, i, err)
+				t.Fatalf("connection %d, the oldest stalled one, after newcomer %d: read %v, want it closed", i, i, err)
 			}
 		}
 		if got := e.srv.pending.Load(); got != maxPending {
 			t.Errorf("%d connections pending, want the pool full at %d", got, maxPending)
 		}
-		// A real client evicts a silent socket too, and gets in.
+		// A real client evicts a stalled socket too, and gets in.
 		for range 5 {
 			c, err := pgConnect(t, e.pgConnString(e.client))
 			if err != nil {
-				t.Fatalf("a client with max_pending full of silent sockets: %v", err)
+				t.Fatalf("a client with max_pending full of stalled sockets: %v", err)
 			}
 			if got := mustQueryInt(t, c, "select 6*7"); got != 42 {
 				t.Fatalf("select 6*7 = %d", got)
@@ -498,6 +528,11 @@ func TestAcceptSurvivesEMFILE(t *testing.T) {
 			continue
 		}
 		if err != nil {
+			t.Fatal(err)
+		}
+		// One byte, the first of a TLS record, so that the kernel's
+		// deferred accept hands the connection to the gate.
+		if _, err := c.Write([]byte{tlsRecordHandshake}); err != nil {
 			t.Fatal(err)
 		}
 		held = append(held, c)

@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The pending pool holds the connections accepted but not yet admitted or
@@ -22,10 +24,11 @@ import (
 type progress uint8
 
 const (
-	progressSilent   progress = iota // accepted; nothing read yet
-	progressStarted                  // its first bytes arrived: a start-up packet, a PROXY header
-	progressTLS                      // in the TLS handshake
-	progressChecking                 // handshake done: checks run, or a refusal is told
+	progressSilent     progress = iota // accepted; nothing read yet
+	progressStarted                    // its first byte arrived
+	progressNegotiated                 // a whole PostgreSQL start-up packet (SSLRequest) arrived
+	progressHello                      // a whole TLS ClientHello arrived
+	progressChecking                   // handshake done: checks run, or a refusal is told
 	numProgress
 )
 
@@ -155,20 +158,29 @@ func (p *pendingPool) add(e *pendingEntry, max, maxPerSource int, screen func() 
 	return victims, false
 }
 
-// maxPeek bounds the silent entries whose sockets one eviction looks into.
+// maxPeek bounds the sockets one eviction looks into.
 const maxPeek = 8
 
-// victimLocked returns the entry of b to evict. A "silent" entry whose
+// victimLocked returns the entry of b to evict. A silent candidate whose
 // client has sent bytes the gate has not read yet (its goroutine has not
-// run since, on a loaded machine) has progressed: it is moved up first, so
-// that a real client is not evicted for the gate's own delay.
+// run since, on a loaded machine) has progressed: it is moved up first, to
+// negotiated if a whole first packet may be there (8 bytes: an SSLRequest;
+// a ClientHello is longer), so that a real client is not evicted for the
+// gate's own delay.
 func (p *pendingPool) victimLocked(b *byProgress) *pendingEntry {
 	for range maxPeek {
 		e := b[progressSilent].head
-		if e == nil || !hasArrived(e.nc) {
+		if e == nil {
+			break
+		}
+		n := unreadBytes(e.nc)
+		if n == 0 {
 			break
 		}
 		p.advanceLocked(e, progressStarted)
+		if n >= 8 {
+			p.advanceLocked(e, progressNegotiated)
+		}
 	}
 	return b.victim()
 }
@@ -267,24 +279,69 @@ func closeEvicted(e *pendingEntry) {
 	resetClose(e.nc)
 }
 
-// hasArrived reports whether bytes from the peer wait unread on nc. It
+// unreadBytes returns how many bytes from the peer wait unread on nc. It
 // neither reads nor waits, nor contends with a Read blocked on nc.
-func hasArrived(nc net.Conn) bool {
+func unreadBytes(nc net.Conn) int {
 	sc, ok := nc.(syscall.Conn)
 	if !ok {
-		return false
+		return 0
 	}
 	rc, err := sc.SyscallConn()
 	if err != nil {
-		return false
+		return 0
 	}
-	arrived := false
-	var buf [1]byte
+	n := 0
 	_ = rc.Control(func(fd uintptr) {
-		n, _, err := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		arrived = n > 0 && err == nil
+		if v, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ); err == nil {
+			n = v
+		}
 	})
-	return arrived
+	return n
+}
+
+// deferAccept asks the kernel not to hand the gate a connection before its
+// client has sent something, for up to d: PostgreSQL and Redis clients
+// speak first, so a real client is accepted as soon as its first packet
+// arrives, while a socket that sends nothing costs a request socket in the
+// kernel rather than a slot of the pending pool. Past d the kernel hands
+// it over at the client's next ACK, and the handshake timeout applies.
+func deferAccept(ln net.Listener, d time.Duration) error {
+	sc, ok := ln.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	secs := max(1, int((d+time.Second-1)/time.Second))
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT, secs)
+	}); err != nil {
+		return err
+	}
+	return serr
+}
+
+// waitReadable waits, within nc's read deadline, until nc has a byte to
+// read (or its end), without reading it: the connection is counted as
+// started before its first byte leaves the socket, so that no eviction
+// sees it empty-handed in between.
+func waitReadable(nc net.Conn) error {
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var buf [1]byte
+	return rc.Read(func(fd uintptr) bool {
+		_, _, err := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		return err != syscall.EAGAIN // data, its end, or an error the read will see
+	})
 }
 
 // resetClose closes nc with an RST rather than a FIN: for connections the

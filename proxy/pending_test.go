@@ -29,15 +29,15 @@ func TestPendingPoolEvictsLeastProgress(t *testing.T) {
 	}{
 		{"room left", 3, 3, []step{{"a1", a, progressSilent}}, a, nil, 2},
 		{"oldest silent goes first", 3, 3,
-			[]step{{"a1", a, progressTLS}, {"a2", a, progressSilent}, {"b1", b, progressSilent}}, b, []string{"a2"}, 3},
+			[]step{{"a1", a, progressHello}, {"a2", a, progressSilent}, {"b1", b, progressSilent}}, b, []string{"a2"}, 3},
 		{"then the least progressed", 3, 3,
-			[]step{{"a1", a, progressChecking}, {"a2", a, progressTLS}, {"b1", b, progressStarted}}, b, []string{"b1"}, 3},
+			[]step{{"a1", a, progressChecking}, {"a2", a, progressHello}, {"b1", b, progressStarted}}, b, []string{"b1"}, 3},
 		{"oldest among equals", 3, 3,
-			[]step{{"a1", a, progressTLS}, {"b1", b, progressTLS}, {"a2", a, progressTLS}}, b, []string{"a1"}, 3},
+			[]step{{"a1", a, progressHello}, {"b1", b, progressHello}, {"a2", a, progressHello}}, b, []string{"a1"}, 3},
 		{"a source evicts its own", 10, 2,
-			[]step{{"b1", b, progressSilent}, {"a1", a, progressStarted}, {"a2", a, progressTLS}}, a, []string{"a1"}, 3},
+			[]step{{"b1", b, progressSilent}, {"a1", a, progressStarted}, {"a2", a, progressHello}}, a, []string{"a1"}, 3},
 		{"both bounds at once", 3, 2,
-			[]step{{"b1", b, progressSilent}, {"a1", a, progressStarted}, {"a2", a, progressTLS}}, a, []string{"a1"}, 3},
+			[]step{{"b1", b, progressSilent}, {"a1", a, progressStarted}, {"a2", a, progressHello}}, a, []string{"a1"}, 3},
 		{"unknown source counts gate-wide only", 2, 1,
 			[]step{{"x1", netip.Addr{}, progressSilent}, {"x2", netip.Addr{}, progressStarted}}, netip.Addr{}, []string{"x1"}, 2},
 	}
@@ -151,7 +151,7 @@ func BenchmarkPendingPool(b *testing.B) {
 		i++
 		p.add(e, max, max, nil)
 		p.advance(e, progressStarted)
-		p.advance(e, progressTLS)
+		p.advance(e, progressHello)
 		p.advance(e, progressChecking)
 		p.remove(e)
 	}
@@ -182,7 +182,7 @@ func TestPendingPoolSeesUnreadBytes(t *testing.T) {
 		defer sc.Close()
 		if i == 0 {
 			cc.Write(sslRequestPacket)
-			waitFor(t, 5*time.Second, "the bytes to arrive", func() bool { return hasArrived(sc) })
+			waitFor(t, 5*time.Second, "the bytes to arrive", func() bool { return unreadBytes(sc) == len(sslRequestPacket) })
 		}
 		e := &pendingEntry{nc: sc, key: src}
 		p.add(e, 10, 3, nil)
@@ -192,7 +192,18 @@ func TestPendingPoolSeesUnreadBytes(t *testing.T) {
 	if len(victims) != 1 || victims[0] != entries[1] {
 		t.Fatalf("evicted %v, want the second connection, the oldest with nothing sent", victims)
 	}
-	if entries[0].progress != progressStarted {
-		t.Errorf("the first connection's progress is %d, want started", entries[0].progress)
+	if entries[0].progress != progressNegotiated {
+		t.Errorf("the first connection's progress is %d, want negotiated (a whole SSLRequest waits)", entries[0].progress)
 	}
+}
+
+// at counts the entries of the pool at progress pr.
+func (p *pendingPool) at(pr progress) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for e := p.lists[pr].head; e != nil; e = e.links[poolList].next {
+		n++
+	}
+	return n
 }

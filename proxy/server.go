@@ -231,6 +231,9 @@ func (s *Server) Run(ctx context.Context) error {
 // startAccepting runs an accept loop for ln; s.mu must be held.
 func (s *Server) startAccepting(addr string, ln net.Listener) {
 	ctx := s.acceptCtx
+	if err := deferAccept(ln, s.Snapshot().Config.Limits.HandshakeTimeout); err != nil {
+		s.log.Warn("TCP_DEFER_ACCEPT unavailable: idle sockets are accepted at once", zap.String("listen", addr), zap.Error(err))
+	}
 	s.accepting.Add(1)
 	go func() {
 		defer s.accepting.Done()
