@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"os/exec"
 	"regexp"
 	"slices"
@@ -159,9 +160,9 @@ func (e *env) floodPhase(ctx context.Context, t *target, phase string, fo floodO
 	if err != nil {
 		return s, err
 	}
-	var opened0, hs0 int64
+	var opened0, hs0, errs0 int64
 	if f != nil {
-		opened0, hs0 = f.opened.Load(), f.handshakes.Load()
+		opened0, hs0, errs0 = f.opened.Load(), f.handshakes.Load(), f.dialErrs.Load()
 	}
 	start := time.Now()
 	var (
@@ -201,7 +202,7 @@ func (e *env) floodPhase(ctx context.Context, t *target, phase string, fo floodO
 		return s, err
 	}
 	ff := &FloodFigures{
-		Attempts: ps.attempts, OK: len(ps.lat), Errors: ps.errors,
+		Attempts: ps.attempts, OK: len(ps.lat), LatMs: slices.Clone(ps.lat), Errors: ps.errors, Load: loadAverage(),
 		PgbenchConns: pb.conns, PgbenchConnPerS: pb.perSec, PgbenchConnMs: pb.connMs, PgbenchAborted: pb.aborted, PgbenchErr: pb.err,
 		CPUPercent: 100 * (cpu1 - cpu0).Seconds() / wall.Seconds(),
 		RSS:        rss,
@@ -209,6 +210,7 @@ func (e *env) floodPhase(ctx context.Context, t *target, phase string, fo floodO
 	if f != nil {
 		ff.Held = mean(held)
 		ff.OpensPerS = float64(f.opened.Load()-opened0) / wall.Seconds()
+		ff.DialErrsPerS = float64(f.dialErrs.Load()-errs0) / wall.Seconds()
 		if phase == phaseHello {
 			ff.HandshakesPerS = float64(f.handshakes.Load()-hs0) / wall.Seconds()
 		}
@@ -217,6 +219,18 @@ func (e *env) floodPhase(ctx context.Context, t *target, phase string, fo floodO
 	s = Sample{Value: 100 * float64(len(ps.lat)) / float64(max(1, ps.attempts)), P50ms: percentile(ps.lat, 50), P99ms: percentile(ps.lat, 99),
 		PeakRSS: peak, Ops: int64(ps.attempts), Seconds: wall.Seconds(), Flood: ff}
 	return s, nil
+}
+
+// loadAverage returns the 1-minute load average, or 0 when /proc does not
+// say.
+func loadAverage() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	f, _, _ := strings.Cut(string(b), " ")
+	x, _ := strconv.ParseFloat(f, 64)
+	return x
 }
 
 // mean returns the mean of xs, or 0 when xs is empty.
@@ -354,11 +368,22 @@ func parsePgbenchConnect(out string, err error) pgbenchConnRun {
 	r.aborted = len(abortedRe.FindAllString(out, -1))
 	n := txnsRe.FindStringSubmatch(out)
 	if n == nil {
-		r.err = "pgbench measured nothing: " + lastLines(out, 2)
+		// The first error line says why; libpq's explanations follow it
+		// on lines of their own.
+		why := lastLines(out, 1)
+		for line := range strings.Lines(out) {
+			if _, e, ok := strings.Cut(line, "error: "); ok {
+				why = strings.TrimSpace(e)
+				break
+			}
+		}
+		r.err = "measured nothing: " + why
+		if strings.Contains(out, "could not create connection for setup") {
+			r.err = "measured nothing, its first connection failed: " + why
+		}
 		if err != nil {
 			r.err += fmt.Sprintf(" (%v)", err)
 		}
-		r.err = strings.ReplaceAll(r.err, "\n", " ")
 		return r
 	}
 	r.conns, _ = strconv.ParseInt(n[1], 10, 64)

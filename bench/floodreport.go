@@ -48,6 +48,11 @@ func summarizeFlood(samples []Sample) *FloodFigures {
 		Held:            med(func(f *FloodFigures) float64 { return f.Held }),
 		OpensPerS:       med(func(f *FloodFigures) float64 { return f.OpensPerS }),
 		HandshakesPerS:  med(func(f *FloodFigures) float64 { return f.HandshakesPerS }),
+		DialErrsPerS:    med(func(f *FloodFigures) float64 { return f.DialErrsPerS }),
+		Load:            med(func(f *FloodFigures) float64 { return f.Load }),
+	}
+	if len(fs) == 1 {
+		out.LatMs = fs[0].LatMs
 	}
 	for _, f := range fs {
 		if out.PgbenchErr == "" {
@@ -183,15 +188,15 @@ func peerOK(row *Row) string {
 // for failed attempts.
 func writeFloodRow(w io.Writer, row Row) {
 	hello := row.Name == "flood-hello"
-	fmt.Fprintf(w, "| target | psql ok | p50 ms | p99 ms | p99 vs no flood | pgbench -C conn/s | pgbench aborted clients | pgbench avg connect ms | proxy CPU %% of a core | proxy peak RSS MiB | flood sockets open | flood opens/s |")
+	fmt.Fprintf(w, "| target | psql ok | p50 ms | p99 ms | p99 vs no flood | pgbench -C conn/s | pgbench aborted clients | pgbench avg connect ms | proxy CPU %% of a core | proxy peak RSS MiB | flood sockets open | flood opens/s (failed dials/s) |")
 	if hello {
 		fmt.Fprintf(w, " handshakes/s |")
 	}
-	fmt.Fprintf(w, " ok vs best peer |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+	fmt.Fprintf(w, " ok vs best peer | load |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 	if hello {
 		fmt.Fprintf(w, "---:|")
 	}
-	fmt.Fprintf(w, "---:|\n")
+	fmt.Fprintf(w, "---:|---:|\n")
 	var notes []string
 	for _, t := range row.Targets {
 		name := t.Target
@@ -206,11 +211,11 @@ func writeFloodRow(w io.Writer, row Row) {
 		fmt.Fprintf(w, "| %s | %d/%d (%s%%) | %s | %s | %s | %s | %d | %s | %s | %s | %s | %s |",
 			name, f.OK, f.Attempts, num(t.Median.Value), ms(t.Median.P50ms), ms(t.Median.P99ms), ratio(t.P99VsNoFlood),
 			num(f.PgbenchConnPerS), f.PgbenchAborted, optNum(f.PgbenchConnMs), num(f.CPUPercent), mib(t.Median.PeakRSS),
-			optNum(f.Held), optNum(f.OpensPerS))
+			optNum(f.Held), opens(f))
 		if hello {
 			fmt.Fprintf(w, " %s |", num(f.HandshakesPerS))
 		}
-		fmt.Fprintf(w, " %s |\n", ratio(t.VsBestPeer))
+		fmt.Fprintf(w, " %s | %s |\n", ratio(t.VsBestPeer), optNum(f.Load))
 		var why []string
 		for _, e := range f.Errors {
 			why = append(why, "`"+mdCell(e)+"`")
@@ -225,6 +230,15 @@ func writeFloodRow(w io.Writer, row Row) {
 	if len(notes) > 0 {
 		fmt.Fprintf(w, "\nWhy attempts failed:\n\n%s\n", strings.Join(notes, "\n"))
 	}
+}
+
+// opens gives the flood's opens per second, and its failed dials when
+// there were any.
+func opens(f *FloodFigures) string {
+	if f.DialErrsPerS > 0 {
+		return fmt.Sprintf("%s (%s)", num(f.OpensPerS), num(f.DialErrsPerS))
+	}
+	return optNum(f.OpensPerS)
 }
 
 // mdCell makes text safe inside a markdown code span in a list.

@@ -184,10 +184,10 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer) (err error) {
 		Rows: rows,
 	}
 	res.Headlines = headlines(rows)
-	writeMarkdown(stdout, res)
 	if slices.Contains(names, "flood") {
 		res.Settings.FloodSockets, res.Settings.FloodTries = min(o.floodSockets, maxIdleConns(e.fdLimit)), o.floodAttempts
 	}
+	writeMarkdown(stdout, res)
 	base := "latest"
 	if o.quick || len(o.only) > 0 {
 		// A partial run must not replace the full results kept in git.

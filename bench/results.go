@@ -120,6 +120,8 @@ type Settings struct {
 type FloodFigures struct {
 	Attempts int `json:"psql_attempts"`
 	OK       int `json:"psql_ok"`
+	// LatMs are the wall times of the attempts that got in, in order.
+	LatMs []float64 `json:"psql_ms,omitempty"`
 	// Errors are distinct reasons psql gave for failed attempts, at most
 	// a few.
 	Errors []string `json:"psql_errors,omitempty"`
@@ -142,4 +144,10 @@ type FloodFigures struct {
 	Held           float64 `json:"flood_open,omitempty"`
 	OpensPerS      float64 `json:"flood_opens_per_s,omitempty"`
 	HandshakesPerS float64 `json:"flood_handshakes_per_s,omitempty"`
+	// DialErrsPerS is how many flood dials failed a second (refused, or
+	// timed out in a full accept queue).
+	DialErrsPerS float64 `json:"flood_dial_errors_per_s,omitempty"`
+	// Load is the machine's 1-minute load average at the phase's end: on
+	// a shared machine, what the other figures were measured under.
+	Load float64 `json:"loadavg_1m,omitempty"`
 }
