@@ -174,12 +174,16 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer) (err error) {
 		prog.logf("stopped after -timeout %v; reporting what was measured", o.timeout)
 	}
 
+	rounds := o.rounds
+	if slices.Equal(names, []string{"flood"}) {
+		rounds = 1 // the flood scenario runs one round whatever -rounds says
+	}
 	root, _ := moduleRoot()
 	res := &Results{
 		Started: started.UTC().Format(time.RFC3339),
 		Seconds: time.Since(started).Seconds(),
 		Machine: describeMachine(context.WithoutCancel(ctx), root),
-		Settings: Settings{Rounds: o.rounds, RunSeconds: o.runDur.Seconds(), Quick: o.quick, Scenarios: names,
+		Settings: Settings{Rounds: rounds, RunSeconds: o.runDur.Seconds(), Quick: o.quick, Scenarios: names,
 			CopyMiB: o.copyMiB, IdleConns: o.idleConns, FDLimit: e.fdLimit, PgbenchScale: pgScale},
 		Rows: rows,
 	}
