@@ -160,6 +160,7 @@ func (e *env) floodPhase(ctx context.Context, t *target, phase string, fo floodO
 	if err != nil {
 		return s, err
 	}
+	log0 := fileSize(t.svc.logPath)
 	var opened0, hs0, errs0 int64
 	if f != nil {
 		opened0, hs0, errs0 = f.opened.Load(), f.handshakes.Load(), f.dialErrs.Load()
@@ -205,6 +206,7 @@ func (e *env) floodPhase(ctx context.Context, t *target, phase string, fo floodO
 		Attempts: ps.attempts, OK: len(ps.lat), LatMs: slices.Clone(ps.lat), Errors: ps.errors, Load: loadAverage(),
 		PgbenchConns: pb.conns, PgbenchConnPerS: pb.perSec, PgbenchConnMs: pb.connMs, PgbenchAborted: pb.aborted, PgbenchErr: pb.err,
 		CPUPercent: 100 * (cpu1 - cpu0).Seconds() / wall.Seconds(),
+		LogBytes:   fileSize(t.svc.logPath) - log0,
 		RSS:        rss,
 	}
 	if f != nil {
@@ -219,6 +221,15 @@ func (e *env) floodPhase(ctx context.Context, t *target, phase string, fo floodO
 	s = Sample{Value: 100 * float64(len(ps.lat)) / float64(max(1, ps.attempts)), P50ms: percentile(ps.lat, 50), P99ms: percentile(ps.lat, 99),
 		PeakRSS: peak, Ops: int64(ps.attempts), Seconds: wall.Seconds(), Flood: ff}
 	return s, nil
+}
+
+// fileSize returns the size of a file, or 0 when it cannot be read.
+func fileSize(path string) int64 {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
 }
 
 // loadAverage returns the 1-minute load average, or 0 when /proc does not

@@ -254,7 +254,7 @@ pgbench: error: could not create connection for setup
 // floodRows makes the no-flood and stranger rows of a flood run.
 func floodRows(sgOK int, sgP99 float64) []Row {
 	tr := func(name, role string, ok int, p99, cpu float64, rss int64) TargetResult {
-		f := &FloodFigures{Attempts: 20, OK: ok, CPUPercent: cpu, OpensPerS: 1000}
+		f := &FloodFigures{Attempts: 20, OK: ok, CPUPercent: cpu, OpensPerS: 1000, LogBytes: int64(cpu) << 10}
 		return TargetResult{Target: name, Role: role, Median: Sample{Value: 100 * float64(ok) / 20, P50ms: p99 / 2, P99ms: p99, PeakRSS: rss, Flood: f}}
 	}
 	rows := []Row{
@@ -302,6 +302,9 @@ func TestFloodHeadlines(t *testing.T) {
 	}
 	if cpu := byWhat["proxy CPU vs no flood (lower is better)"]; cpu.Ratio != 20 {
 		t.Errorf("CPU headline %+v, want 80%% / 4%% = 20", cpu)
+	}
+	if logs := byWhat["proxy log written vs no flood (lower is better)"]; logs.Ratio != 20 || logs.Detail != "spacegate 80.0 KiB vs 4.00 KiB without a flood" {
+		t.Errorf("log headline %+v, want 80 KiB / 4 KiB = 20", logs)
 	}
 	if peer := byWhat["psql attempts that got in vs best peer"]; peer.Ratio != 0.15 {
 		t.Errorf("vs best peer headline %+v, want 0.15", peer)

@@ -50,6 +50,7 @@ func summarizeFlood(samples []Sample) *FloodFigures {
 		HandshakesPerS:  med(func(f *FloodFigures) float64 { return f.HandshakesPerS }),
 		DialErrsPerS:    med(func(f *FloodFigures) float64 { return f.DialErrsPerS }),
 		Load:            med(func(f *FloodFigures) float64 { return f.Load }),
+		LogBytes:        int64(med(func(f *FloodFigures) float64 { return float64(f.LogBytes) })),
 	}
 	if len(fs) == 1 {
 		out.LatMs = fs[0].LatMs
@@ -159,6 +160,11 @@ func floodHeadlines(byName map[string]*Row) []Headline {
 				hs = append(hs, Headline{Issue: 12, What: p.what + ": proxy CPU vs no flood (lower is better)", Row: p.row,
 					Ratio: f.CPUPercent / b.CPUPercent, Detail: detail, Lower: true})
 			}
+			if b.LogBytes > 0 {
+				hs = append(hs, Headline{Issue: 12, What: p.what + ": proxy log written vs no flood (lower is better)", Row: p.row,
+					Ratio:  float64(f.LogBytes) / float64(b.LogBytes),
+					Detail: fmt.Sprintf("spacegate %s KiB vs %s KiB without a flood", num(float64(f.LogBytes)/1024), num(float64(b.LogBytes)/1024)), Lower: true})
+			}
 			if sgBase.Median.PeakRSS > 0 {
 				hs = append(hs, Headline{Issue: 12, What: p.what + ": proxy peak RSS vs no flood (lower is better)", Row: p.row,
 					Ratio:  float64(sg.Median.PeakRSS) / float64(sgBase.Median.PeakRSS),
@@ -188,11 +194,11 @@ func peerOK(row *Row) string {
 // for failed attempts.
 func writeFloodRow(w io.Writer, row Row) {
 	hello := row.Name == "flood-hello"
-	fmt.Fprintf(w, "| target | psql ok | p50 ms | p99 ms | p99 vs no flood | pgbench -C conn/s | pgbench aborted clients | pgbench avg connect ms | proxy CPU %% of a core | proxy peak RSS MiB | flood sockets open | flood opens/s (failed dials/s) |")
+	fmt.Fprintf(w, "| target | psql ok | p50 ms | p99 ms | p99 vs no flood | pgbench -C conn/s | pgbench aborted clients | pgbench avg connect ms | proxy CPU %% of a core | proxy peak RSS MiB | proxy log KiB | flood sockets open | flood opens/s (failed dials/s) |")
 	if hello {
 		fmt.Fprintf(w, " handshakes/s |")
 	}
-	fmt.Fprintf(w, " ok vs best peer | load |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+	fmt.Fprintf(w, " ok vs best peer | load |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 	if hello {
 		fmt.Fprintf(w, "---:|")
 	}
@@ -208,9 +214,9 @@ func writeFloodRow(w io.Writer, row Row) {
 			fmt.Fprintf(w, "| %s | failed: %s |\n", name, firstError(t))
 			continue
 		}
-		fmt.Fprintf(w, "| %s | %d/%d (%s%%) | %s | %s | %s | %s | %d | %s | %s | %s | %s | %s |",
+		fmt.Fprintf(w, "| %s | %d/%d (%s%%) | %s | %s | %s | %s | %d | %s | %s | %s | %s | %s | %s |",
 			name, f.OK, f.Attempts, num(t.Median.Value), ms(t.Median.P50ms), ms(t.Median.P99ms), ratio(t.P99VsNoFlood),
-			num(f.PgbenchConnPerS), f.PgbenchAborted, optNum(f.PgbenchConnMs), num(f.CPUPercent), mib(t.Median.PeakRSS),
+			num(f.PgbenchConnPerS), f.PgbenchAborted, optNum(f.PgbenchConnMs), num(f.CPUPercent), mib(t.Median.PeakRSS), num(float64(f.LogBytes)/1024),
 			optNum(f.Held), opens(f))
 		if hello {
 			fmt.Fprintf(w, " %s |", num(f.HandshakesPerS))

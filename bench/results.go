@@ -147,6 +147,9 @@ type FloodFigures struct {
 	// DialErrsPerS is how many flood dials failed a second (refused, or
 	// timed out in a full accept queue).
 	DialErrsPerS float64 `json:"flood_dial_errors_per_s,omitempty"`
+	// LogBytes is how much the proxy wrote to its log over the phase:
+	// a flood must not be able to fill the disk.
+	LogBytes int64 `json:"proxy_log_bytes"`
 	// Load is the machine's 1-minute load average at the phase's end: on
 	// a shared machine, what the other figures were measured under.
 	Load float64 `json:"loadavg_1m,omitempty"`
