@@ -176,13 +176,13 @@ func TestReadTokenFile(t *testing.T) {
 	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range []string{dir, fifo} {
+	for p, kind := range map[string]string{dir: "a directory", fifo: "a FIFO", "/dev/zero": "a device"} {
 		done := make(chan error, 1)
 		go func() { _, err := readTokenFile(p); done <- err }()
 		select {
 		case err := <-done:
-			if err == nil || !strings.Contains(err.Error(), "is not a regular file") {
-				t.Errorf("%s: %v, want not a regular file", p, err)
+			if want := "is not a regular file but " + kind; err == nil || !strings.Contains(err.Error(), want) {
+				t.Errorf("%s: %v, want %q", p, err, want)
 			}
 		case <-time.After(5 * time.Second):
 			t.Fatalf("reading %s blocked", p)

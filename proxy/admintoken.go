@@ -91,7 +91,7 @@ func readTokenFile(path string) ([]byte, error) {
 		return nil, err
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file (%s)", path, fi.Mode().Type())
+		return nil, fmt.Errorf("%s is not a regular file but %s", path, fileKind(fi.Mode()))
 	}
 	if err := checkTokenPerm(path, fi); err != nil {
 		return nil, err
@@ -119,6 +119,21 @@ func readTokenFile(path string) ([]byte, error) {
 		}
 	}
 	return tok, nil
+}
+
+// fileKind names what a file that is not regular is, for messages.
+func fileKind(m fs.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeNamedPipe != 0:
+		return "a FIFO"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	case m&fs.ModeDevice != 0:
+		return "a device"
+	}
+	return "of mode " + m.String()
 }
 
 // checkTokenPerm refuses a token file that others can read or change.
