@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -161,5 +162,27 @@ func TestCheckAdminNeedsToken(t *testing.T) {
 	want = config + ":4: admin.token_file: " + token + " has permissions 0644"
 	if code != exitError || !strings.Contains(stdout+stderr, want) {
 		t.Errorf("check with a loose token file: exit %d, want 1 and %q\nstdout: %s\nstderr: %s", code, want, stdout, stderr)
+	}
+
+	// A FIFO in its place, with no writer, is refused at once.
+	if err := os.Remove(token); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(token, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	done = make(chan struct{})
+	go func() {
+		defer close(done)
+		code, stdout, stderr = runCLI(t, "check", "--config", config)
+	}()
+	select {
+	case <-done:
+	case <-time.After(15 * time.Second):
+		t.Fatal("check with a FIFO as admin.token_file did not return within 15s")
+	}
+	want = config + ":4: admin.token_file: " + token + " is not a regular file but a FIFO"
+	if code != exitError || !strings.Contains(stdout+stderr, want) {
+		t.Errorf("check with a FIFO token file: exit %d, want 1 and %q\nstdout: %s\nstderr: %s", code, want, stdout, stderr)
 	}
 }
