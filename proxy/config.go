@@ -39,7 +39,13 @@ type Config struct {
 
 // AdminConfig is the admin HTTP endpoint. An empty Listen disables it.
 type AdminConfig struct {
+	// Listen is host:port. An empty host (":9187") means 127.0.0.1. Any
+	// address that is not loopback needs TokenFile.
 	Listen string `yaml:"listen"`
+	// TokenFile holds the bearer token that /metrics, /v1/ and
+	// /debug/pprof/ require (see readTokenFile for its rules); /healthz and
+	// /readyz stay open for probes.
+	TokenFile string `yaml:"token_file"`
 	// Pprof serves Go's profiler under /debug/pprof/ on the admin address.
 	// Off by default: profiles show internals to whoever reaches it.
 	Pprof bool `yaml:"pprof"`
@@ -379,11 +385,7 @@ func (c *Config) validate(v *validator) {
 	default:
 		v.addf([]any{"log", "format"}, "log.format %q is not one of json, console", c.Log.Format)
 	}
-	if c.Admin.Listen != "" {
-		if err := checkHostPort(c.Admin.Listen); err != nil {
-			v.addf([]any{"admin", "listen"}, "admin.listen: %v", err)
-		}
-	}
+	c.Admin.validate(v)
 	for i, s := range c.ProxyProtocol.TrustedCIDRs {
 		if _, err := netip.ParsePrefix(s); err != nil {
 			v.addf([]any{"proxy_protocol", "trusted_cidrs", i}, "proxy_protocol.trusted_cidrs: %q is not a CIDR block such as 10.0.0.0/8", s)
@@ -623,7 +625,7 @@ func checkHostPort(addr string) error {
 		return fmt.Errorf("%q: port %q is not a number from 1 to 65535", addr, port)
 	}
 	if host == "" {
-		return fmt.Errorf("%q has no host: write 0.0.0.0:%s to listen on every address", addr, port)
+		return fmt.Errorf("%q has no host: write 0.0.0.0:%s for every IPv4 address, [::]:%s for every IPv6 address", addr, port, port)
 	}
 	return nil
 }
@@ -647,6 +649,7 @@ func (c *Config) resolvePaths() {
 	}
 	absTLS(&c.TLS)
 	abs(&c.PKI.Dir)
+	abs(&c.Admin.TokenFile)
 	for i := range c.Routes {
 		r := &c.Routes[i]
 		abs(&r.IPRulesFile)

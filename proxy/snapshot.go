@@ -32,6 +32,7 @@ type Snapshot struct {
 	byName         map[string]*Route
 	byAddr         map[string]*Listener
 	trustedProxies []netip.Prefix
+	adminToken     []byte // of admin.token_file; nil when none
 }
 
 // Listener is one listen address and the routes served on it: one, or
@@ -113,6 +114,11 @@ func (s *Snapshot) Route(name string) *Route { return s.byName[name] }
 func Build(cfg *Config, generation uint64) (*Snapshot, error) {
 	s := &Snapshot{Config: cfg, Generation: generation, LoadedAt: time.Now(), byName: map[string]*Route{}, byAddr: map[string]*Listener{}}
 	var errs []error
+	if tok, err := cfg.loadAdminToken(); err != nil {
+		errs = append(errs, err)
+	} else {
+		s.adminToken = tok
+	}
 	for _, c := range cfg.ProxyProtocol.TrustedCIDRs {
 		if p, err := netip.ParsePrefix(c); err == nil { // invalid ones were reported by validate
 			s.trustedProxies = append(s.trustedProxies, netip.PrefixFrom(p.Addr().Unmap(), unmappedBits(p)).Masked())
