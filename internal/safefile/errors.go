@@ -1,6 +1,9 @@
 package safefile
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 var (
 	// ErrNotRegular means the path names something other than a regular
@@ -11,3 +14,17 @@ var (
 	// or grew past it while being read.
 	ErrTooLarge = errors.New("file too large")
 )
+
+// fileError is a refusal: its message is a whole sentence, and it matches
+// its sentinel with errors.Is without repeating the sentinel's text.
+type fileError struct {
+	msg string
+	err error
+}
+
+func errorf(sentinel error, format string, args ...any) error {
+	return &fileError{msg: fmt.Sprintf(format, args...), err: sentinel}
+}
+
+func (e *fileError) Error() string { return e.msg }
+func (e *fileError) Unwrap() error { return e.err }

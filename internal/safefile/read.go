@@ -79,8 +79,8 @@ func ReadFile(path string, lim Limit) ([]byte, error) {
 	}
 	data := buf.Bytes()
 	if int64(len(data)) > lim.Max {
-		return nil, fmt.Errorf("%s %s grew past %s while being read; the limit for a %s is %s: %w",
-			lim.Kind, path, formatSize(lim.Max), lim.Kind, formatSize(lim.Max), ErrTooLarge)
+		return nil, errorf(ErrTooLarge, "%s %s grew past %s while being read; the limit for a %s is %s",
+			lim.Kind, path, formatSize(lim.Max), lim.Kind, formatSize(lim.Max))
 	}
 	return data, nil
 }
@@ -117,11 +117,11 @@ func Open(path string, lim Limit) (f *os.File, size int64, err error) {
 // check refuses fi unless it is a regular file within lim.
 func check(path string, fi fs.FileInfo, lim Limit) error {
 	if !fi.Mode().IsRegular() {
-		return fmt.Errorf("%s %s is %s, not a regular file: %w", lim.Kind, path, describe(fi.Mode()), ErrNotRegular)
+		return errorf(ErrNotRegular, "%s %s is %s, not a regular file", lim.Kind, path, describe(fi.Mode()))
 	}
 	if fi.Size() > lim.Max {
-		return fmt.Errorf("%s %s is %s; the limit for a %s is %s: %w",
-			lim.Kind, path, formatSize(fi.Size()), lim.Kind, formatSize(lim.Max), ErrTooLarge)
+		return errorf(ErrTooLarge, "%s %s is %s; the limit for a %s is %s",
+			lim.Kind, path, formatSize(fi.Size()), lim.Kind, formatSize(lim.Max))
 	}
 	return nil
 }
