@@ -114,6 +114,7 @@ func NewServer(opts Options) (*Server, error) {
 	s.conns.init()
 	s.snap.Store(snap)
 	s.metrics.observeSnapshot(snap)
+	s.warnStaleCRLs(snap)
 	return s, nil
 }
 
