@@ -6,6 +6,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"strings"
 	"syscall"
 )
 
@@ -79,8 +80,8 @@ func ReadFile(path string, lim Limit) ([]byte, error) {
 	}
 	data := buf.Bytes()
 	if int64(len(data)) > lim.Max {
-		return nil, errorf(ErrTooLarge, "%s %s grew past %s while being read; the limit for a %s is %s",
-			lim.Kind, path, formatSize(lim.Max), lim.Kind, formatSize(lim.Max))
+		return nil, errorf(ErrTooLarge, "%s %s grew past %s while being read; the limit for %s is %s",
+			lim.Kind, path, formatSize(lim.Max), article(lim.Kind), formatSize(lim.Max))
 	}
 	return data, nil
 }
@@ -120,8 +121,12 @@ func check(path string, fi fs.FileInfo, lim Limit) error {
 		return errorf(ErrNotRegular, "%s %s is %s, not a regular file", lim.Kind, path, describe(fi.Mode()))
 	}
 	if fi.Size() > lim.Max {
-		return errorf(ErrTooLarge, "%s %s is %s; the limit for a %s is %s",
-			lim.Kind, path, formatSize(fi.Size()), lim.Kind, formatSize(lim.Max))
+		size := formatSize(fi.Size())
+		if size == formatSize(lim.Max) {
+			size = fmt.Sprintf("%d bytes", fi.Size()) // "4.0 MiB" would read as the limit itself
+		}
+		return errorf(ErrTooLarge, "%s %s is %s; the limit for %s is %s",
+			lim.Kind, path, size, article(lim.Kind), formatSize(lim.Max))
 	}
 	return nil
 }
@@ -147,6 +152,14 @@ func describe(m fs.FileMode) string {
 	return fmt.Sprintf("of mode %v", m)
 }
 
+// article puts "a" or "an" before a kind of file: "an upstream CA file".
+func article(kind string) string {
+	if kind != "" && strings.ContainsRune("aeiouAEIOU", rune(kind[0])) {
+		return "an " + kind
+	}
+	return "a " + kind
+}
+
 // formatSize writes n bytes as people read them: "1.2 GiB", "16 MiB",
 // "512 bytes".
 func formatSize(n int64) string {
@@ -160,8 +173,5 @@ func formatSize(n int64) string {
 		v /= unit
 		i++
 	}
-	if v == float64(int64(v)) {
-		return fmt.Sprintf("%d %s", int64(v), units[i])
-	}
-	return fmt.Sprintf("%.1f %s", v, units[i])
+	return strings.TrimSuffix(fmt.Sprintf("%.1f", v), ".0") + " " + units[i]
 }

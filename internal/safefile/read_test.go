@@ -26,6 +26,7 @@ func TestReadFile(t *testing.T) {
 	write("exact", 16)
 	write("over", 17)
 	write("empty", 0)
+	write("mib", 1<<20+1)
 	if err := os.Symlink(path("ok"), path("link")); err != nil {
 		t.Fatal(err)
 	}
@@ -63,6 +64,8 @@ func TestReadFile(t *testing.T) {
 			msg: []string{path("over"), "is 17 bytes; the limit for a rules file is 16 bytes"}},
 		{name: "large", path: path("over"), lim: Limit{"config file", 1}, wantErr: ErrTooLarge,
 			msg: []string{"config file " + path("over"), "the limit for a config file is 1 bytes"}},
+		{name: "just over a round limit", path: path("mib"), lim: Limit{"upstream CA file", 1 << 20}, wantErr: ErrTooLarge,
+			msg: []string{"is 1048577 bytes; the limit for an upstream CA file is 1 MiB"}},
 		// /proc files say they are empty: only the read tells.
 		{name: "grows while read", path: "/proc/self/status", lim: small, wantErr: ErrTooLarge,
 			msg: []string{"/proc/self/status grew past 16 bytes while being read"}},
@@ -128,6 +131,7 @@ func TestFormatSize(t *testing.T) {
 		{16 << 20, "16 MiB"},
 		{1288490189, "1.2 GiB"},
 		{1 << 62, "4 EiB"},
+		{4<<20 + 1, "4 MiB"},
 	} {
 		if got := formatSize(tt.n); got != tt.want {
 			t.Errorf("formatSize(%d) = %q, want %q", tt.n, got, tt.want)
