@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/spacegate/spacegate/internal/safefile"
 	"github.com/spacegate/spacegate/tlsconf"
 )
@@ -200,5 +202,114 @@ func TestCheckWarnsStaleCRL(t *testing.T) {
 	}
 	if code != exitOK || !res.OK || len(res.Warnings) != 1 || !strings.Contains(res.Warnings[0], want) {
 		t.Errorf("check --json: exit %d, %+v; want ok and one warning naming %s", code, res, crlFile)
+	}
+}
+
+// reloads returns the gate's spacegate_reloads_total{result} and its
+// config generation.
+func reloads(t *testing.T, admin, result string) (n, generation float64) {
+	t.Helper()
+	fams := scrapeMetrics(t, admin)
+	for _, m := range fams["spacegate_reloads_total"].GetMetric() {
+		for _, l := range m.GetLabel() {
+			if l.GetName() == "result" && l.GetValue() == result {
+				n = m.GetCounter().GetValue()
+			}
+		}
+	}
+	for _, m := range fams["spacegate_config_generation"].GetMetric() {
+		generation = m.GetGauge().GetValue()
+	}
+	return n, generation
+}
+
+// TestServeFIFORulesFile is issue 12's third finding, end to end against a
+// running `spacegate serve`: a FIFO where the rules file should be fails
+// the reload at once (logged naming the file and counted), a client still
+// gets in under the old rules, a revocation made once the file is back
+// takes effect, and SIGTERM with the FIFO back in place ends the process
+// within drain_timeout.
+func TestServeFIFORulesFile(t *testing.T) {
+	g := startGateBinary(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	rules := filepath.Join(g.dir, "rules", qsPostgresRoute+".yaml")
+	orig, err := os.ReadFile(rules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plantFIFO := func() {
+		t.Helper()
+		if err := os.Remove(rules); err != nil {
+			t.Fatal(err)
+		}
+		if err := syscall.Mkfifo(rules, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitMetric := func(what string, cond func(errors, generation float64) bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			n, gen := reloads(t, g.addrs.admin, "error")
+			if cond(n, gen) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no %s within 10s (reload errors %v, generation %v)", what, n, gen)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	errs0, gen0 := reloads(t, g.addrs.admin, "error")
+
+	plantFIFO()
+	waitMetric("failed reload", func(n, _ float64) bool { return n > errs0 })
+	if _, gen := reloads(t, g.addrs.admin, "error"); gen != gen0 {
+		t.Errorf("generation %v after a failed reload, want %v", gen, gen0)
+	}
+	c, err := pgx.Connect(ctx, gateConnString(g.dir, g.addrs.pg))
+	if err != nil {
+		t.Fatalf("a good client under the old rules, with a FIFO for the rules file: %v", err)
+	}
+	defer c.Close(context.Background())
+
+	// Back to a file: the next reload loads it, and a revocation then
+	// takes effect.
+	if err := os.Remove(rules); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, rules, string(orig))
+	waitMetric("reload of the restored rules file", func(_, gen float64) bool { return gen > gen0 })
+	entries, err := os.ReadDir(filepath.Join(g.dir, "pki", "clients"))
+	if err != nil || len(entries) != 1 {
+		t.Fatalf("quickstart client certificates: %v, %v", entries, err)
+	}
+	_, gen1 := reloads(t, g.addrs.admin, "error")
+	if code, stdout, stderr := runBinary(t, 30*time.Second, "certs", "revoke", qsPostgresRoute, "--id", entries[0].Name(), "--config", g.config); code != exitOK {
+		t.Fatalf("certs revoke: exit %d\n%s%s", code, stdout, stderr)
+	}
+	waitMetric("reload of the new CRL", func(_, gen float64) bool { return gen > gen1 })
+	if c2, err := pgx.Connect(ctx, gateConnString(g.dir, g.addrs.pg)); err == nil {
+		c2.Close(ctx)
+		t.Error("the revoked certificate still got in")
+	} else if !strings.Contains(err.Error(), "was revoked") {
+		t.Errorf("the revoked certificate was refused with %v, want a message saying it was revoked", err)
+	}
+
+	// SIGTERM while every reload fails on a FIFO: the gate still stops,
+	// well within drain_timeout (10s) and a few seconds.
+	plantFIFO()
+	errs1, _ := reloads(t, g.addrs.admin, "error")
+	waitMetric("failed reload", func(n, _ float64) bool { return n > errs1 })
+	start := time.Now()
+	code, log := g.proc.stop(t, syscall.SIGTERM, 15*time.Second)
+	took := time.Since(start)
+	if code != exitOK {
+		t.Errorf("exit code %d after SIGTERM, want 0", code)
+	}
+	t.Logf("exited %s after SIGTERM", took.Round(time.Millisecond))
+	if !strings.Contains(log, `reload failed`) || !strings.Contains(log, rules+" is a FIFO (named pipe), not a regular file") {
+		t.Errorf("the log does not name the FIFO in a failed reload:\n%s", log)
 	}
 }
