@@ -38,6 +38,7 @@ type Metrics struct {
 	upstreamConnect *prometheus.HistogramVec
 	duration        *prometheus.HistogramVec
 	bytes           *prometheus.CounterVec // route, direction
+	panics          prometheus.Counter
 }
 
 // NewMetrics creates the metrics and registers them, with the Go and process
@@ -91,10 +92,12 @@ func NewMetrics() *Metrics {
 			Help: "Lifetime of established connections.", Buckets: prometheus.ExponentialBuckets(0.01, 4, 12)}, routeLabel),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "bytes_total",
 			Help: "Bytes spliced, by route and direction (upstream: client to upstream; client: upstream to client)."}, []string{"route", "direction"}),
+		panics: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "panics_total",
+			Help: "Panics recovered in a connection's code; each closed its connection, never the process. Any is a bug: see the log for the stack."}),
 	}
 	m.own = []prometheus.Collector{
 		m.accepted, m.refused, m.established, m.closed, m.cut, m.reloads, m.lastReload, m.cancels, m.upstreamUp, m.active, m.rules,
-		m.generation, m.certExpiry, m.crlNextUpdate, m.clientExpiry, m.handshake, m.upstreamConnect, m.duration, m.bytes,
+		m.generation, m.certExpiry, m.crlNextUpdate, m.clientExpiry, m.handshake, m.upstreamConnect, m.duration, m.bytes, m.panics,
 	}
 	m.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.Registry.MustRegister(m.own...)

@@ -75,6 +75,8 @@ type Server struct {
 
 	goroutineSplice bool
 	loops           *loops // while running, unless goroutineSplice
+
+	testHook func(*conn, hookPoint) // set by tests before Run; see hook
 }
 
 // NewServer loads every file the config names and returns a Server ready to
@@ -333,9 +335,29 @@ func (s *Server) serveConn(ctx context.Context, addr string, nc net.Conn) {
 		c.route = l.Routes[0]
 	}
 	s.conns.add(c)
-	if !c.serve(ctx) {
-		s.wg.Done() // else the event loop's finishSession does
-	}
+	handedOff := false
+	defer func() {
+		if !handedOff {
+			s.wg.Done() // else the event loop's finishSession does
+		}
+	}()
+	defer func() {
+		if v := recover(); v != nil {
+			s.notePanic(c, v)
+			c.mu.Lock()
+			onLoop := c.sess != nil
+			c.mu.Unlock()
+			if onLoop {
+				// The loop took the session before the panic: it ends it,
+				// and finishSession releases what it holds.
+				handedOff = true
+				c.abort()
+				return
+			}
+			c.abandon()
+		}
+	}()
+	handedOff = c.serve(ctx)
 }
 
 // addrPort returns a connection's address with IPv4-mapped IPv6 addresses
