@@ -5,9 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -16,6 +16,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/spacegate/spacegate/internal/safefile"
 	"github.com/spacegate/spacegate/tlsconf"
 )
 
@@ -167,6 +168,11 @@ const (
 	DefaultMaxPending             = 1000
 )
 
+// MaxMaxIPRules is the largest max_ip_rules accepted: a rules file of that
+// many rules fits under safefile.Rules (64 MiB) with room for long
+// descriptions.
+const MaxMaxIPRules = 200_000
+
 // IsEnabled reports whether the route accepts connections.
 func (r *RouteConfig) IsEnabled() bool { return r.Enabled == nil || *r.Enabled }
 
@@ -231,15 +237,25 @@ func Problems(err error) []error {
 // each naming file and line, joined with errors.Join. It does not open the
 // files the config names; Build does.
 func LoadConfig(path string) (*Config, error) {
-	data, err := os.ReadFile(path)
+	data, err := readConfig(path)
 	if err != nil {
-		return nil, fmt.Errorf("reading config: %w", err)
+		return nil, err
 	}
 	cfg, err := ParseConfig(data, path)
 	if err != nil {
 		return nil, err
 	}
 	return cfg, nil
+}
+
+// readConfig reads the config file at path under [safefile.Config]: a
+// FIFO, a device or a directory given as the config fails at once.
+func readConfig(path string) ([]byte, error) {
+	data, err := safefile.ReadFile(path, safefile.Config)
+	if _, ok := errors.AsType[*fs.PathError](err); ok {
+		return nil, fmt.Errorf("reading config: %w", err)
+	}
+	return data, err // the error names the file
 }
 
 // ParseConfig decodes and validates data as a config file named file.
@@ -256,9 +272,9 @@ func ParseConfig(data []byte, file string) (*Config, error) {
 // it goes on to the named files even when the config itself has problems,
 // so that one run of `spacegate check` lists them all.
 func Check(path string) (*Snapshot, error) {
-	data, err := os.ReadFile(path)
+	data, err := readConfig(path)
 	if err != nil {
-		return nil, fmt.Errorf("reading config: %w", err)
+		return nil, err
 	}
 	cfg, cfgErr := parseConfig(data, path)
 	if cfg == nil {
@@ -501,6 +517,9 @@ func (c *Config) validate(v *validator) {
 		}
 		if r.MaxIPRules < 0 {
 			v.addf(at("max_ip_rules"), "route %q: max_ip_rules must be positive, got %d", r.Name, r.MaxIPRules)
+		} else if r.MaxIPRules > MaxMaxIPRules {
+			v.addf(at("max_ip_rules"), "route %q: max_ip_rules is at most %d (a rules file is read up to %d MiB), got %d",
+				r.Name, MaxMaxIPRules, safefile.Rules.Max>>20, r.MaxIPRules)
 		} else if r.MaxIPRules == 0 {
 			r.MaxIPRules = DefaultMaxIPRules
 		}

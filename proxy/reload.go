@@ -67,6 +67,7 @@ func (s *Server) Reload() error {
 	s.metrics.observeSnapshot(snap)
 	s.metrics.reloads.WithLabelValues("ok").Inc()
 	s.metrics.lastReload.SetToCurrentTime()
+	s.warnStaleCRLs(snap)
 	if s.watcher != nil {
 		if err := s.watcher.SetPaths(snap.Config.Files()); err != nil {
 			s.log.Warn("watching the config's files", zap.Error(err))

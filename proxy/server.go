@@ -116,6 +116,7 @@ func NewServer(opts Options) (*Server, error) {
 	s.conns.init()
 	s.snap.Store(snap)
 	s.metrics.observeSnapshot(snap)
+	s.warnStaleCRLs(snap)
 	return s, nil
 }
 
@@ -198,10 +199,16 @@ func (s *Server) Run(ctx context.Context) error {
 		time.Sleep(d)
 	}
 	stopWatch()
-	<-watchDone
+	// A reload stuck in a read (a hung network mount) must not hold
+	// shutdown: wait for it a bounded time, then go on without it.
+	// Clearing acceptCtx below keeps it from opening a listener if it ever
+	// ends.
+	if s.stopReloads(watchDone, reloadStopTimeout) {
+		defer s.reloadMu.Unlock()
+	} else {
+		s.log.Warn("shutting down: a reload is still running; not waiting for it", zap.Duration("waited", reloadStopTimeout))
+	}
 	<-probeDone
-	s.reloadMu.Lock() // no reload opens a listener from here on
-	defer s.reloadMu.Unlock()
 	s.mu.Lock()
 	s.acceptCtx = nil
 	s.mu.Unlock()
@@ -375,6 +382,39 @@ func (s *Server) logPendingFull(addr string, max int64) {
 }
 
 // waitTimeout waits for wg up to d and reports whether it finished.
+// reloadStopTimeout bounds how long shutdown waits for a reload in progress.
+// A reload of a 100k-rule file takes a quarter of a second.
+const reloadStopTimeout = 3 * time.Second
+
+// stopReloads waits up to d for the watcher goroutine to end (watchDone)
+// and then for a reload in progress to finish, and takes reloadMu. It
+// reports whether it took reloadMu; the caller then unlocks it.
+func (s *Server) stopReloads(watchDone <-chan struct{}, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-watchDone:
+	case <-t.C:
+		return false
+	}
+	got, abandoned := make(chan struct{}), make(chan struct{})
+	go func() {
+		s.reloadMu.Lock()
+		select {
+		case got <- struct{}{}: // the caller holds it now
+		case <-abandoned:
+			s.reloadMu.Unlock()
+		}
+	}()
+	select {
+	case <-got:
+		return true
+	case <-t.C:
+		close(abandoned)
+		return false
+	}
+}
+
 func waitTimeout(wg *sync.WaitGroup, d time.Duration) bool {
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/spacegate/spacegate/allowlist"
+	"github.com/spacegate/spacegate/internal/safefile"
 	"github.com/spacegate/spacegate/tlsconf"
 )
 
@@ -224,7 +225,7 @@ func (c *Config) upstreamTLS(i int) (*tls.Config, error) {
 	}
 	var errs []error
 	if rc.UpstreamCAFile != "" {
-		pem, err := os.ReadFile(rc.UpstreamCAFile)
+		pem, err := safefile.ReadFile(rc.UpstreamCAFile, safefile.UpstreamCA)
 		if err != nil {
 			errs = append(errs, c.problemAt([]any{"routes", i, "upstream_ca_file"}, "route %q: upstream_ca_file: %v", rc.Name, err))
 		} else {
@@ -235,7 +236,7 @@ func (c *Config) upstreamTLS(i int) (*tls.Config, error) {
 		}
 	}
 	if rc.UpstreamCertFile != "" {
-		cert, err := tls.LoadX509KeyPair(rc.UpstreamCertFile, rc.UpstreamKeyFile)
+		cert, err := loadKeyPair(rc.UpstreamCertFile, rc.UpstreamKeyFile)
 		if err != nil {
 			errs = append(errs, c.problemAt([]any{"routes", i, "upstream_cert_file"}, "route %q: upstream client certificate: %v", rc.Name, err))
 		} else {
@@ -243,6 +244,20 @@ func (c *Config) upstreamTLS(i int) (*tls.Config, error) {
 		}
 	}
 	return cfg, errors.Join(errs...)
+}
+
+// loadKeyPair is [tls.LoadX509KeyPair] with the files read through
+// [safefile.ReadFile].
+func loadKeyPair(certFile, keyFile string) (tls.Certificate, error) {
+	certPEM, err := safefile.ReadFile(certFile, safefile.Certificate)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	keyPEM, err := safefile.ReadFile(keyFile, safefile.Key)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.X509KeyPair(certPEM, keyPEM)
 }
 
 // unmappedBits returns p's prefix length after unmapping an IPv4-mapped
@@ -266,14 +281,18 @@ func (c *Config) loadRules(i int) (*allowlist.Rules, error) {
 	// write) seen between its two steps. Read as an empty allowlist it
 	// would cut every session of the route; refusing it keeps the old rules
 	// until the write lands. An empty list on purpose is "rules: []".
-	if data, err := os.ReadFile(rc.IPRulesFile); err == nil && len(bytes.TrimSpace(data)) == 0 {
-		return nil, c.problemAt([]any{"routes", i, "ip_rules_file"},
-			"route %q: ip_rules_file %s is empty (a write in progress?); to allow nobody, write \"rules: []\"", rc.Name, rc.IPRulesFile)
-	}
-	rules, err := allowlist.Load(rc.IPRulesFile)
+	data, err := safefile.ReadFile(rc.IPRulesFile, safefile.Rules)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		return nil, c.problemAt([]any{"routes", i, "ip_rules_file"}, "route %q: ip_rules_file %s does not exist", rc.Name, rc.IPRulesFile)
+	case err != nil:
+		return nil, c.problemAt([]any{"routes", i, "ip_rules_file"}, "route %q: %v", rc.Name, err)
+	case len(bytes.TrimSpace(data)) == 0:
+		return nil, c.problemAt([]any{"routes", i, "ip_rules_file"},
+			"route %q: ip_rules_file %s is empty (a write in progress?); to allow nobody, write \"rules: []\"", rc.Name, rc.IPRulesFile)
+	}
+	rules, err := allowlist.ParseFile(rc.IPRulesFile, data)
+	switch {
 	case err != nil:
 		return nil, err
 	case len(rules.Rules) > rc.MaxIPRules:
