@@ -27,7 +27,6 @@ const (
 	ReasonTooManyConnections    // limits.max_connections
 	ReasonRouteConnectionLimit  // the route's max_connections
 	ReasonSourceConnectionLimit // limits.max_connections_per_source
-	ReasonTooManyPending        // limits.max_pending: closed at accept
 	ReasonCertConnectionLimit   // limits.max_connections_per_certificate
 	ReasonPendingEvicted        // made room in a full pending pool: closed
 	ReasonIPNotAllowedPreTLS    // source allowed by no route of the listener, closed before TLS under pressure
@@ -55,7 +54,6 @@ var reasonNames = [...]string{
 	ReasonTooManyConnections:    "too_many_connections",
 	ReasonRouteConnectionLimit:  "route_connection_limit",
 	ReasonSourceConnectionLimit: "source_connection_limit",
-	ReasonTooManyPending:        "too_many_pending",
 	ReasonCertConnectionLimit:   "certificate_connection_limit",
 	ReasonPendingEvicted:        "pending_evicted",
 	ReasonIPNotAllowedPreTLS:    "ip_not_allowed_pre_tls",
