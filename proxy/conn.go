@@ -533,7 +533,7 @@ func (c *conn) audit(ref *Refusal) {
 		if ref.Err != nil {
 			fields = append(fields, zap.Error(ref.Err))
 		}
-		if c.srv.refusals.note(c.src.Addr(), ref.Reason) {
+		if c.srv.refusals.note(c.src.Addr(), ref.Reason, !c.lis.allows(c.src.Addr())) {
 			c.srv.log.Warn("connection refused", fields...)
 		}
 	default:

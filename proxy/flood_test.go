@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -136,7 +137,9 @@ func TestFloodRealClientsGetIn(t *testing.T) {
 	e := newEnv(t, envOptions{noRedis: true, handshakeTimeout: "10s"})
 	calm := connectTimes(t, e, attempts)
 	t.Logf("no flood: %d of %d connected, connect p50 %s, p99 %s", len(calm), attempts, percentile(calm, 0.5), percentile(calm, 0.99))
-	limit := max(3*percentile(calm, 0.99), time.Second)
+	// 3x the calm p99, as issue 12 asks, but not under 2s: on a shared
+	// machine the calm figure itself swings by hundreds of milliseconds.
+	limit := max(3*percentile(calm, 0.99), 2*time.Second)
 
 	strangers := make([]string, 20)
 	for i := range strangers {
@@ -173,7 +176,7 @@ func TestFloodRealClientsGetIn(t *testing.T) {
 				t.Errorf("%d of %d attempts connected during the flood", len(times), attempts)
 			}
 			if p := percentile(times, 0.99); p > limit {
-				t.Errorf("connect p99 %s during the flood, want at most %s (3x the calm p99, at least 1s)", p, limit)
+				t.Errorf("connect p99 %s during the flood, want at most %s (3x the calm p99, at least 2s)", p, limit)
 			}
 			if phase.preTLS && preTLS == 0 {
 				t.Errorf("no connection of a disallowed source was closed before TLS")
@@ -214,6 +217,20 @@ func TestStrangerBuysFewHandshakes(t *testing.T) {
 		_, err = io.ReadFull(nc, b[:])
 		return err == nil && b[0] == tlsRecordHandshake
 	}
+	// A ClientHello flood that hangs up after the gate's first flight
+	// (refused handshake_failed, before the address is checked) spends
+	// the courtesy too.
+	const hangups = 200
+	answered := 0
+	for range hangups {
+		if helloAnswered("127.0.0.5") {
+			answered++
+		}
+	}
+	t.Logf("%d ClientHellos from a stranger that hang up: %d answered with a handshake", hangups, answered)
+	if answered < courtesyRefusals || answered > 3*courtesyRefusals {
+		t.Errorf("%d of %d ClientHellos that hang up got a handshake, want about %d", answered, hangups, courtesyRefusals+1)
+	}
 	// The courtesy: a client with a good certificate from a disallowed
 	// address reads why, courtesyRefusals times.
 	ping := func() error {
@@ -226,13 +243,15 @@ func TestStrangerBuysFewHandshakes(t *testing.T) {
 			t.Fatalf("attempt %d from 127.0.0.3: %v, want the ip_not_allowed sentence", i+1, err)
 		}
 	}
+	stranger := netip.MustParseAddr("127.0.0.3")
+	waitFor(t, 5*time.Second, "the refusals to be counted", func() bool { return e.srv.refusals.courtesySpent(stranger) })
 	if err := ping(); err == nil || strings.Contains(err.Error(), "not allowed") {
 		t.Fatalf("after the courtesy: %v, want the connection reset before TLS", err)
 	}
 	cpu := cpuTime(t)
 	start := time.Now()
 	const hellos = 1000
-	var answered atomic.Int64
+	var late atomic.Int64
 	var wg sync.WaitGroup
 	for range 4 {
 		wg.Add(1)
@@ -240,20 +259,31 @@ func TestStrangerBuysFewHandshakes(t *testing.T) {
 			defer wg.Done()
 			for range hellos / 4 {
 				if helloAnswered("127.0.0.3") {
-					answered.Add(1)
+					late.Add(1)
 				}
 			}
 		}()
 	}
 	wg.Wait()
 	t.Logf("%d ClientHellos from a stranger past its courtesy: %d answered with a handshake; %s, process CPU %s",
-		hellos, answered.Load(), time.Since(start).Round(time.Millisecond), (cpuTime(t) - cpu).Round(time.Millisecond))
-	if answered.Load() != 0 {
-		t.Errorf("%d of %d ClientHellos got a handshake after the courtesy was spent", answered.Load(), hellos)
+		hellos, late.Load(), time.Since(start).Round(time.Millisecond), (cpuTime(t) - cpu).Round(time.Millisecond))
+	if late.Load() != 0 {
+		t.Errorf("%d of %d ClientHellos got a handshake after the courtesy was spent", late.Load(), hellos)
 	}
 	if got := e.metricSum(t, "spacegate_connections_refused_total", `reason="ip_not_allowed_pre_tls",route="cache"`); got < hellos {
 		t.Errorf("ip_not_allowed_pre_tls counted %v times, want at least %d", got, hellos)
 	}
+	// For scale: what each ClientHello costs when it is answered, as every
+	// one was before the courtesy cap.
+	cpu = cpuTime(t)
+	const answeredHellos = 200
+	for i := range answeredHellos {
+		if !helloAnswered("127.0.0.1") {
+			t.Fatalf("ClientHello %d from an allowed address got no handshake", i+1)
+		}
+	}
+	t.Logf("%d ClientHellos from an allowed address, each answered with a handshake: process CPU %s",
+		answeredHellos, (cpuTime(t) - cpu).Round(time.Millisecond))
 	// Another stranger still gets its sentence, and an allowed client its session.
 	if !helloAnswered("127.0.0.4") {
 		t.Error("a first ClientHello from another stranger got no handshake")

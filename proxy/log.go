@@ -40,9 +40,11 @@ const (
 	refusalLogWindow  = 10 * time.Second
 	refusalLogBurst   = 5    // full lines per source and reason in a window
 	refusalLogSources = 4096 // sources tracked at once; the rest count as one
-	// courtesyRefusals is how many ip_not_allowed refusals, each after a
-	// full TLS handshake, a source gets in a window (this one or the last)
-	// before its connections are closed before TLS.
+	// courtesyRefusals is how many refusals a source that no route of the
+	// listener allows gets in a window (this one or the last), each after
+	// a full TLS handshake, before its connections are closed before TLS.
+	// Any refusal counts, not only ip_not_allowed: a ClientHello flood
+	// hangs up before the source is checked.
 	courtesyRefusals = 10
 )
 
@@ -60,8 +62,8 @@ type refusalLog struct {
 	start   time.Time // of the current window
 	counts  map[refusalKey]int
 	sources map[netip.Addr]int // refusals per source this window
-	// notAllowed counts, per source, the ip_not_allowed refusals of the
-	// last window and those closed before TLS for it.
+	// notAllowed counts, per source, the refusals of a source no route
+	// allows, in this window and the last.
 	notAllowed, lastNotAllowed map[netip.Addr]int
 }
 
@@ -71,7 +73,8 @@ func newRefusalLog(log *zap.Logger) *refusalLog {
 }
 
 // note counts a refusal and reports whether it is to be logged in full.
-func (r *refusalLog) note(src netip.Addr, reason Reason) bool {
+// stranger says that no route of the listener allows src.
+func (r *refusalLog) note(src netip.Addr, reason Reason, stranger bool) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if _, ok := r.sources[src]; !ok && len(r.sources) >= refusalLogSources {
@@ -80,7 +83,7 @@ func (r *refusalLog) note(src netip.Addr, reason Reason) bool {
 	r.sources[src]++
 	k := refusalKey{src, reason}
 	r.counts[k]++
-	if reason == ReasonIPNotAllowed || reason == ReasonIPNotAllowedPreTLS {
+	if stranger {
 		if _, ok := r.notAllowed[src]; ok || len(r.notAllowed) < refusalLogSources {
 			r.notAllowed[src]++
 		}
@@ -88,9 +91,9 @@ func (r *refusalLog) note(src netip.Addr, reason Reason) bool {
 	return r.counts[k] <= refusalLogBurst
 }
 
-// courtesySpent reports whether src has been refused ip_not_allowed more
-// than courtesyRefusals times in this window or the last: its next
-// connections are closed before TLS.
+// courtesySpent reports whether src, a source no route allows, has been
+// refused more than courtesyRefusals times in this window or the last: its
+// next connections are closed before TLS.
 func (r *refusalLog) courtesySpent(src netip.Addr) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -330,7 +330,7 @@ func (s *Server) accepted(ctx context.Context, addr string, nc net.Conn) {
 		src := peer.Addr()
 		e.key = sourceKey(src)
 		if s.refusals.courtesySpent(src) && !l.allows(src) {
-			s.refuseBeforeTLS(l, peer, nc, "refused too often")
+			s.refuseBeforeTLS(l, peer, nc, fmt.Sprintf("refused more than %d times in %s", courtesyRefusals, refusalLogWindow))
 			return
 		}
 		screen = func() bool { return !l.allows(src) }
@@ -356,7 +356,7 @@ func (s *Server) refuseBeforeTLS(l *Listener, src netip.AddrPort, nc net.Conn, w
 		route = l.Routes[0].Name
 	}
 	s.metrics.refused.WithLabelValues(route, ReasonIPNotAllowedPreTLS.String()).Inc()
-	if s.refusals.note(src.Addr(), ReasonIPNotAllowedPreTLS) {
+	if s.refusals.note(src.Addr(), ReasonIPNotAllowedPreTLS, true) {
 		s.log.Warn("connection refused", zap.String("route", route), zap.String("source", src.String()),
 			zap.String("verdict", "refused"), zap.String("reason", ReasonIPNotAllowedPreTLS.String()),
 			zap.String("phase", "accept"), zap.String("message", "source address allowed by no route of "+l.Addr+"; closed before TLS: "+why))
