@@ -1,0 +1,120 @@
+package proxy
+
+import (
+	"bytes"
+	"crypto/tls"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/spacegate/spacegate/internal/testenv"
+)
+
+// goClientHello returns the first TLS record a crypto/tls client sends
+// for serverName.
+func goClientHello(t testing.TB, serverName string) []byte {
+	t.Helper()
+	cli, srv := net.Pipe()
+	defer srv.Close()
+	go func() {
+		_ = tls.Client(cli, &tls.Config{ServerName: serverName, InsecureSkipVerify: true}).Handshake()
+		cli.Close()
+	}()
+	hdr := make([]byte, 5)
+	if _, err := io.ReadFull(srv, hdr); err != nil {
+		t.Fatal(err)
+	}
+	rec := append(hdr, make([]byte, binary.BigEndian.Uint16(hdr[3:]))...)
+	if _, err := io.ReadFull(srv, rec[5:]); err != nil {
+		t.Fatal(err)
+	}
+	return rec
+}
+
+func TestClientHelloServerName(t *testing.T) {
+	hello := goClientHello(t, "db.example.com")[5:]
+	// crypto/tls's client drops a trailing dot itself; put one back by
+	// growing every length around the name, as libpq's OpenSSL sends it.
+	i := bytes.Index(hello, []byte("db.example.com"))
+	dotted := append(append(append([]byte{}, hello[:i+14]...), '.'), hello[i+14:]...)
+	for _, at := range []int{i - 2, i - 5, i - 7} { // host_name, server_name_list, extension
+		binary.BigEndian.PutUint16(dotted[at:], binary.BigEndian.Uint16(dotted[at:])+1)
+	}
+	n := int(dotted[1])<<16 | int(dotted[2])<<8 | int(dotted[3]) + 1
+	dotted[1], dotted[2], dotted[3] = byte(n>>16), byte(n>>8), byte(n)
+	exts := 4 + 2 + 32 + 1 + int(dotted[4+2+32]) // handshake header, version, random, session id
+	exts += 2 + int(binary.BigEndian.Uint16(dotted[exts:]))
+	exts += 1 + int(dotted[exts])
+	binary.BigEndian.PutUint16(dotted[exts:], binary.BigEndian.Uint16(dotted[exts:])+1)
+
+	for _, tc := range []struct {
+		name  string
+		hello []byte
+		want  string
+		ok    bool
+	}{
+		{"crypto/tls hello", hello, "db.example.com", true},
+		{"trailing dot", dotted, "db.example.com.", true},
+		{"no SNI", goClientHello(t, "")[5:], "", false},
+		{"cut short", hello[:i], "", false},
+		{"not a ClientHello", append([]byte{2}, hello[1:]...), "", false},
+		{"empty", nil, "", false},
+	} {
+		if got, ok := clientHelloServerName(tc.hello); got != tc.want || ok != tc.ok {
+			t.Errorf("%s: got %q, %v; want %q, %v", tc.name, got, ok, tc.want, tc.ok)
+		}
+	}
+}
+
+func FuzzClientHelloServerName(f *testing.F) {
+	f.Add(goClientHello(f, "db.example.com")[5:])
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if name, ok := clientHelloServerName(b); ok && !bytes.Contains(b, []byte(name)) {
+			t.Fatalf("name %q is not in the input", name)
+		}
+	})
+}
+
+// TestSNITrailingDot: a host typed with a trailing dot ("localhost.") is
+// sent as is in SNI by libpq and redis-cli. TLS forbids it; the client gets
+// an unrecognized_name alert (not a decode_error) and the log line says
+// which name to use.
+func TestSNITrailingDot(t *testing.T) {
+	testenv.Require(t, "psql")
+	testenv.Require(t, "redis-cli")
+	e := newEnv(t, envOptions{})
+	out, err := exec.Command("psql", pgURL(e.pki, e.client, "localhost.", e.pgAddr, "verify-ca"), "-XAtc", "select 1").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "unrecognized name") {
+		t.Errorf("psql host=localhost.: %v: %s; want an unrecognized name alert", err, out)
+	}
+	host, port, _ := net.SplitHostPort(e.redisAdr)
+	out, err = exec.Command("redis-cli", "--tls", "--sni", "localhost.", "--cert", e.client.CertFile, "--key", e.client.KeyFile,
+		"--cacert", e.pki.CAFile, "-h", host, "-p", port, "ping").CombinedOutput()
+	if strings.Contains(string(out), "PONG") || !strings.Contains(string(out), "unrecognized name") {
+		t.Errorf("redis-cli --sni localhost.: %v: %s; want an unrecognized name alert", err, out)
+	}
+	// redis-cli tries twice.
+	waitFor(t, 5*time.Second, "a refusal of each", func() bool { return len(e.refusals("unknown_server_name")) >= 2 })
+	for i, l := range e.refusals("unknown_server_name") {
+		line := l.ContextMap()
+		if route := []string{"db", "cache"}[min(i, 1)]; line["route"] != route || line["sni"] != "localhost." ||
+			!strings.Contains(fmt.Sprint(line["message"]), `ends in a dot, which TLS does not allow (RFC 6066); the client should connect to host localhost`) {
+			t.Errorf("refusal line %d: %v, want route %s", i, line, route)
+		}
+	}
+	// The same clients without the dot get in.
+	out, err = exec.Command("psql", pgURL(e.pki, e.client, "localhost", e.pgAddr, "verify-full"), "-XAtc", "select 1").CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) != "1" {
+		t.Errorf("psql host=localhost: %v: %s", err, out)
+	}
+	if n := len(e.logs.FilterField(zap.String("reason", "handshake_failed")).All()); n != 0 {
+		t.Errorf("%d handshake_failed refusals, want none", n)
+	}
+}
