@@ -32,6 +32,7 @@ type checkResult struct {
 	OK       bool     `json:"ok"`
 	Problems []string `json:"problems"`
 	Routes   []string `json:"routes,omitempty"`
+	Warnings []string `json:"warnings,omitempty"` // allowed, but probably a mistake
 }
 
 // runCheck validates the config at path; it returns an error (exit 1) when
@@ -43,6 +44,7 @@ func runCheck(w io.Writer, path string, asJSON bool) error {
 		for _, r := range snap.Routes {
 			res.Routes = append(res.Routes, fmt.Sprintf("%s: %s %s -> %s, %d IP rules", r.Name, r.Protocol, r.Listen, r.Upstream, r.Matcher.Len()))
 		}
+		res.Warnings = snap.Warnings()
 	}
 	for _, p := range proxy.Problems(err) {
 		res.Problems = append(res.Problems, p.Error())
@@ -58,6 +60,9 @@ func runCheck(w io.Writer, path string, asJSON bool) error {
 		fmt.Fprintf(w, "%s: OK\n", path)
 		for _, r := range res.Routes {
 			fmt.Fprintf(w, "  route %s\n", r)
+		}
+		for _, x := range res.Warnings {
+			fmt.Fprintf(w, "warning: %s\n", x)
 		}
 	} else {
 		for _, p := range res.Problems {
