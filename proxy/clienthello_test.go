@@ -118,3 +118,12 @@ func TestSNITrailingDot(t *testing.T) {
 		t.Errorf("%d handshake_failed refusals, want none", n)
 	}
 }
+
+func BenchmarkClientHelloServerName(b *testing.B) {
+	hello := goClientHello(b, "db.example.com")[5:]
+	for b.Loop() {
+		if _, ok := clientHelloServerName(hello); !ok {
+			b.Fatal("no name")
+		}
+	}
+}
