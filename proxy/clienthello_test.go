@@ -94,12 +94,14 @@ func TestSNITrailingDot(t *testing.T) {
 	if err == nil || !strings.Contains(string(out), "unrecognized name") {
 		t.Errorf("psql host=localhost.: %v: %s; want an unrecognized name alert", err, out)
 	}
+	t.Logf("psql: %s", out)
 	host, port, _ := net.SplitHostPort(e.redisAdr)
 	out, err = exec.Command("redis-cli", "--tls", "--sni", "localhost.", "--cert", e.client.CertFile, "--key", e.client.KeyFile,
 		"--cacert", e.pki.CAFile, "-h", host, "-p", port, "ping").CombinedOutput()
 	if strings.Contains(string(out), "PONG") || !strings.Contains(string(out), "unrecognized name") {
 		t.Errorf("redis-cli --sni localhost.: %v: %s; want an unrecognized name alert", err, out)
 	}
+	t.Logf("redis-cli: %s", out)
 	// redis-cli tries twice.
 	waitFor(t, 5*time.Second, "a refusal of each", func() bool { return len(e.refusals("unknown_server_name")) >= 2 })
 	for i, l := range e.refusals("unknown_server_name") {
@@ -107,6 +109,12 @@ func TestSNITrailingDot(t *testing.T) {
 		if route := []string{"db", "cache"}[min(i, 1)]; line["route"] != route || line["sni"] != "localhost." ||
 			!strings.Contains(fmt.Sprint(line["message"]), `ends in a dot, which TLS does not allow (RFC 6066); the client should connect to host localhost`) {
 			t.Errorf("refusal line %d: %v, want route %s", i, line, route)
+		}
+	}
+	metrics := e.get(t, "/metrics")
+	for _, route := range []string{"db", "cache"} {
+		if want := `spacegate_connections_refused_total{reason="unknown_server_name",route="` + route + `"}`; !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %s", want)
 		}
 	}
 	// The same clients without the dot get in.
@@ -125,5 +133,43 @@ func BenchmarkClientHelloServerName(b *testing.B) {
 		if _, ok := clientHelloServerName(hello); !ok {
 			b.Fatal("no name")
 		}
+	}
+}
+
+// TestSNITrailingDotShared: on an address shared by routes, the refusal of
+// "db-b.test." is logged and counted under route b, the one it meant.
+func TestSNITrailingDotShared(t *testing.T) {
+	testenv.Require(t, "psql")
+	pki := testenv.NewPKI(t)
+	certA, keyA := serverCert(t, pki, "a", "db-a.test")
+	certB, keyB := serverCert(t, pki, "b", "db-b.test")
+	addr := testenv.FreeAddr(t)
+	e := newEnv(t, envOptions{pki: pki, routes: fmt.Sprintf(`  - name: a
+    protocol: postgres
+    listen: %[1]s
+    server_names: [db-a.test]
+    upstream: {{pg}}
+    ip_rules_file: rules.yaml
+    tls: {cert_file: %[2]s, key_file: %[3]s}
+  - name: b
+    protocol: postgres
+    listen: %[1]s
+    server_names: [db-b.test]
+    upstream: {{pg}}
+    ip_rules_file: rules.yaml
+    tls: {cert_file: %[4]s, key_file: %[5]s}
+`, addr, certA, keyA, certB, keyB)})
+	client := pki.Client(t, "both", testenv.ForRoutes("a", "b"))
+	out, err := exec.Command("psql", pgURL(pki, client, "db-b.test.", addr, "verify-full"), "-XAtc", "select 1").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "unrecognized name") {
+		t.Fatalf("psql host=db-b.test.: %v: %s", err, out)
+	}
+	waitFor(t, 5*time.Second, "the refusal", func() bool { return len(e.refusals("unknown_server_name")) == 1 })
+	if line := e.refusals("unknown_server_name")[0].ContextMap(); line["route"] != "b" || line["sni"] != "db-b.test." {
+		t.Errorf("refusal line %v, want route b", line)
+	}
+	out, err = exec.Command("psql", pgURL(pki, client, "db-b.test", addr, "verify-full"), "-XAtc", "select 1").CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) != "1" {
+		t.Errorf("psql host=db-b.test: %v: %s", err, out)
 	}
 }
