@@ -173,3 +173,27 @@ func TestSNITrailingDotShared(t *testing.T) {
 		t.Errorf("psql host=db-b.test: %v: %s", err, out)
 	}
 }
+
+// TestServerNamesTrailingDot: a fully qualified name in server_names is the
+// name without its dot, also when two routes would claim it.
+func TestServerNamesTrailingDot(t *testing.T) {
+	route := func(name, names string) string {
+		return fmt.Sprintf("  - name: %s\n    protocol: postgres\n    listen: 127.0.0.1:6432\n    server_names: %s\n    upstream: 127.0.0.1:5432\n    ip_rules_file: rules/db.yaml\n", name, names)
+	}
+	head := "tls: {cert_file: a, key_file: b, client_ca_file: c}\nroutes:\n"
+	cfg, err := ParseConfig([]byte(head+route("a", "[db-a.test.]")+route("b", "[DB-B.test]")), "c.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Routes[0].ServerNames; len(got) != 1 || got[0] != "db-a.test" {
+		t.Errorf("server_names = %q, want [db-a.test]", got)
+	}
+	_, err = ParseConfig([]byte(head+route("a", "[db.test.]")+route("b", "[db.test]")), "c.yaml")
+	if err == nil || !strings.Contains(err.Error(), `server name "db.test" is already served by route "a"`) {
+		t.Errorf("the same name with and without a dot: %v", err)
+	}
+	_, err = ParseConfig([]byte(head+route("a", "[db.test..]")+route("b", "[b.test]")), "c.yaml")
+	if err == nil || !strings.Contains(err.Error(), `server name "db.test." is not a host name`) {
+		t.Errorf("two dots: %v", err)
+	}
+}
