@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strings"
 )
 
@@ -40,7 +41,7 @@ func (c *conn) peekClientHello(prefix []byte) (net.Conn, error) {
 		return nil, err
 	}
 	if n := int(binary.BigEndian.Uint16(rec[3:5])); rec[0] == tlsRecordHandshake && n <= tlsMaxRecordBytes {
-		rec = append(rec, make([]byte, n)...)
+		rec = slices.Grow(rec, n)[:5+n]
 		if _, err := io.ReadFull(c.nc, rec[5:]); err != nil {
 			return nil, err
 		}
