@@ -5,9 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -16,6 +16,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/spacegate/spacegate/internal/safefile"
 	"github.com/spacegate/spacegate/tlsconf"
 )
 
@@ -39,7 +40,13 @@ type Config struct {
 
 // AdminConfig is the admin HTTP endpoint. An empty Listen disables it.
 type AdminConfig struct {
+	// Listen is host:port. An empty host (":9187") means 127.0.0.1. Any
+	// address that is not loopback needs TokenFile.
 	Listen string `yaml:"listen"`
+	// TokenFile holds the bearer token that /metrics, /v1/ and
+	// /debug/pprof/ require (see readTokenFile for its rules); /healthz and
+	// /readyz stay open for probes.
+	TokenFile string `yaml:"token_file"`
 	// Pprof serves Go's profiler under /debug/pprof/ on the admin address.
 	// Off by default: profiles show internals to whoever reaches it.
 	Pprof bool `yaml:"pprof"`
@@ -161,6 +168,11 @@ const (
 	DefaultMaxPending             = 1000
 )
 
+// MaxMaxIPRules is the largest max_ip_rules accepted: a rules file of that
+// many rules fits under safefile.Rules (64 MiB) with room for long
+// descriptions.
+const MaxMaxIPRules = 200_000
+
 // IsEnabled reports whether the route accepts connections.
 func (r *RouteConfig) IsEnabled() bool { return r.Enabled == nil || *r.Enabled }
 
@@ -225,15 +237,25 @@ func Problems(err error) []error {
 // each naming file and line, joined with errors.Join. It does not open the
 // files the config names; Build does.
 func LoadConfig(path string) (*Config, error) {
-	data, err := os.ReadFile(path)
+	data, err := readConfig(path)
 	if err != nil {
-		return nil, fmt.Errorf("reading config: %w", err)
+		return nil, err
 	}
 	cfg, err := ParseConfig(data, path)
 	if err != nil {
 		return nil, err
 	}
 	return cfg, nil
+}
+
+// readConfig reads the config file at path under [safefile.Config]: a
+// FIFO, a device or a directory given as the config fails at once.
+func readConfig(path string) ([]byte, error) {
+	data, err := safefile.ReadFile(path, safefile.Config)
+	if _, ok := errors.AsType[*fs.PathError](err); ok {
+		return nil, fmt.Errorf("reading config: %w", err)
+	}
+	return data, err // the error names the file
 }
 
 // ParseConfig decodes and validates data as a config file named file.
@@ -250,9 +272,9 @@ func ParseConfig(data []byte, file string) (*Config, error) {
 // it goes on to the named files even when the config itself has problems,
 // so that one run of `spacegate check` lists them all.
 func Check(path string) (*Snapshot, error) {
-	data, err := os.ReadFile(path)
+	data, err := readConfig(path)
 	if err != nil {
-		return nil, fmt.Errorf("reading config: %w", err)
+		return nil, err
 	}
 	cfg, cfgErr := parseConfig(data, path)
 	if cfg == nil {
@@ -380,11 +402,7 @@ func (c *Config) validate(v *validator) {
 	default:
 		v.addf([]any{"log", "format"}, "log.format %q is not one of json, console", c.Log.Format)
 	}
-	if c.Admin.Listen != "" {
-		if err := checkHostPort(c.Admin.Listen); err != nil {
-			v.addf([]any{"admin", "listen"}, "admin.listen: %v", err)
-		}
-	}
+	c.Admin.validate(v)
 	for i, s := range c.ProxyProtocol.TrustedCIDRs {
 		if _, err := netip.ParsePrefix(s); err != nil {
 			v.addf([]any{"proxy_protocol", "trusted_cidrs", i}, "proxy_protocol.trusted_cidrs: %q is not a CIDR block such as 10.0.0.0/8", s)
@@ -500,6 +518,9 @@ func (c *Config) validate(v *validator) {
 		}
 		if r.MaxIPRules < 0 {
 			v.addf(at("max_ip_rules"), "route %q: max_ip_rules must be positive, got %d", r.Name, r.MaxIPRules)
+		} else if r.MaxIPRules > MaxMaxIPRules {
+			v.addf(at("max_ip_rules"), "route %q: max_ip_rules is at most %d (a rules file is read up to %d MiB), got %d",
+				r.Name, MaxMaxIPRules, safefile.Rules.Max>>20, r.MaxIPRules)
 		} else if r.MaxIPRules == 0 {
 			r.MaxIPRules = DefaultMaxIPRules
 		}
@@ -635,7 +656,7 @@ func checkHostPort(addr string) error {
 		return fmt.Errorf("%q: port %q is not a number from 1 to 65535", addr, port)
 	}
 	if host == "" {
-		return fmt.Errorf("%q has no host: write 0.0.0.0:%s to listen on every address", addr, port)
+		return fmt.Errorf("%q has no host: write 0.0.0.0:%s for every IPv4 address, [::]:%s for every IPv6 address", addr, port, port)
 	}
 	return nil
 }
@@ -659,6 +680,7 @@ func (c *Config) resolvePaths() {
 	}
 	absTLS(&c.TLS)
 	abs(&c.PKI.Dir)
+	abs(&c.Admin.TokenFile)
 	for i := range c.Routes {
 		r := &c.Routes[i]
 		abs(&r.IPRulesFile)

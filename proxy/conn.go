@@ -101,6 +101,7 @@ type conn struct {
 	cancel    bool
 	admitted  bool // holds connection-limit slots
 	pending   bool // counted in Server.pending: accepted, not yet admitted
+	released  bool // release has run
 	bytesUp   int64
 	bytesDown int64
 }
@@ -146,6 +147,7 @@ func (c *conn) run(ctx context.Context) error {
 		return err
 	}
 	c.leavePending()
+	c.srv.hook(c, hookAdmitted)
 	c.phase = PhaseDial
 	// Listed first, then compared with the snapshot in force: a reload that
 	// swapped in between either finds this connection listed and checks it,
@@ -211,8 +213,16 @@ func (c *conn) readFirstByte() (byte, error) {
 		return b[0], nil
 	}
 	src, ok, err := readProxyHeader(c.nc, b[0])
+	if errors.Is(err, errNotProxyHeader) {
+		// No PROXY header: the first byte is the protocol's. Neither 'P' nor
+		// '\r' can start a TLS record or a start-up packet of a valid length,
+		// so the protocol's front end refuses it, in its own words (a Redis
+		// client typing PING in plaintext is told to use TLS); the bytes
+		// the header check consumed after it are not needed for that.
+		return b[0], nil
+	}
 	if err != nil {
-		return 0, err // not a PROXY header: garbage
+		return 0, err
 	}
 	if !c.snap.trustedProxy(c.peer.Addr()) {
 		// Refused after TLS, like every check, so that the client can read
@@ -326,9 +336,6 @@ func (c *conn) finish(err error) {
 	if err != nil && !errors.As(err, &ref) && !errors.Is(err, errCancelHandled) {
 		ref = c.classify(err)
 	}
-	if c.phase == PhaseSplice {
-		c.srv.metrics.active.WithLabelValues(c.route.Name).Dec()
-	}
 	if c.upstream != nil {
 		c.upstream.Close()
 	}
@@ -351,13 +358,28 @@ func (c *conn) finish(err error) {
 		}
 	}
 	c.mu.Unlock()
+	c.release()
+	c.audit(ref) // before PhaseClosed: a refusal's line names the phase it failed in
+	c.phase = PhaseClosed
+}
+
+// release gives back what the connection holds in the server's
+// bookkeeping: its registry entry, its pending or admitted slots, its
+// place in the active gauge. It runs once, on the goroutine that owns the
+// connection; abandon may call it again after a panic in finish.
+func (c *conn) release() {
+	if c.released {
+		return
+	}
+	c.released = true
 	c.srv.conns.remove(c)
 	c.leavePending()
 	if c.admitted {
 		c.srv.limits.release(c.route.Name, c.src.Addr())
 	}
-	c.audit(ref) // before PhaseClosed: a refusal's line names the phase it failed in
-	c.phase = PhaseClosed
+	if c.phase == PhaseSplice {
+		c.srv.metrics.active.WithLabelValues(c.route.Name).Dec()
+	}
 }
 
 // classify turns an unexpected error before the splice into a Refusal.

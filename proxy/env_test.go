@@ -116,6 +116,8 @@ type envOptions struct {
 	// goroutineSplice: copy with two goroutines per session, not the
 	// event loops (Options.GoroutineSplice).
 	goroutineSplice bool
+	// testHook, if set, is the server's test hook (Server.hook).
+	testHook func(*conn, hookPoint)
 }
 
 // env is a running gate in front of real upstreams, with its PKI.
@@ -131,13 +133,14 @@ type env struct {
 	logs            *observer.ObservedLogs
 	stop            context.CancelFunc
 	goroutineSplice bool
+	testHook        func(*conn, hookPoint)
 	done            chan error
 	cfgPath         string
 }
 
 func newEnv(t testing.TB, o envOptions) *env {
 	t.Helper()
-	e := &env{t: t, dir: t.TempDir(), pki: o.pki, goroutineSplice: o.goroutineSplice}
+	e := &env{t: t, dir: t.TempDir(), pki: o.pki, goroutineSplice: o.goroutineSplice, testHook: o.testHook}
 	if e.pki == nil {
 		e.pki = testenv.NewPKI(t)
 	}
@@ -229,6 +232,7 @@ func (e *env) start() {
 	if err != nil {
 		t.Fatalf("NewServer: %v", err)
 	}
+	srv.testHook = e.testHook
 	e.srv = srv
 	ctx, cancel := context.WithCancel(context.Background())
 	e.stop = cancel

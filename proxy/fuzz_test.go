@@ -44,7 +44,7 @@ func checkReadError(t *testing.T, err error) {
 	t.Helper()
 	var ref *Refusal
 	switch {
-	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, errNotProxyHeader):
 	case errors.As(err, &ref) && ref.Reason == ReasonProtocolViolation:
 	default:
 		t.Fatalf("error %v (%T), want a protocol violation or EOF", err, err)

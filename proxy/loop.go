@@ -254,7 +254,7 @@ func (l *loop) dispatch(events []unix.EpollEvent) (stop bool) {
 	for _, s := range woken {
 		s.queued = false
 		if !s.done {
-			s.pump()
+			s.pumpGuarded()
 		}
 	}
 	clear(woken)
@@ -272,26 +272,36 @@ func (l *loop) runCmds() bool {
 	l.mu.Unlock()
 	stop := false
 	for _, c := range cmds {
-		switch c.kind {
-		case cmdAdd:
-			l.add(c.s)
-		case cmdAbort:
-			if !c.s.done && c.s.l == l {
-				c.s.end(errAborted)
-			}
-		case cmdCut:
-			if !c.s.done && c.s.l == l {
-				c.s.startCut()
-			}
-		case cmdTimer:
-			if !c.s.done && c.s.l == l {
-				c.s.checkIdle()
-			}
-		case cmdStop:
-			stop = true
-		}
+		stop = l.runCmd(c) || stop
 	}
 	return stop
+}
+
+// runCmd runs one posted command and reports whether the loop must stop.
+// A panic in a session's command ends that session only.
+func (l *loop) runCmd(c loopCmd) (stop bool) {
+	if c.s != nil {
+		defer c.s.recoverPanic()
+	}
+	switch c.kind {
+	case cmdAdd:
+		l.add(c.s)
+	case cmdAbort:
+		if !c.s.done && c.s.l == l {
+			c.s.end(errAborted)
+		}
+	case cmdCut:
+		if !c.s.done && c.s.l == l {
+			c.s.startCut()
+		}
+	case cmdTimer:
+		if !c.s.done && c.s.l == l {
+			c.s.checkIdle()
+		}
+	case cmdStop:
+		return true
+	}
+	return false
 }
 
 // add registers a session's two sockets and runs it once: the client's
@@ -327,6 +337,7 @@ func (l *loop) add(s *session) {
 			return
 		}
 	}
+	s.c.srv.hook(s.c, hookLoopAdd)
 	s.pump()
 }
 

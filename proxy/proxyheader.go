@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
@@ -73,7 +74,10 @@ func readProxyHeader(r io.Reader, first byte) (src netip.AddrPort, ok bool, err 
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), true, nil
 }
 
-var errNotProxyHeader = refuse(ReasonProtocolViolation, "invalid start of connection", nil)
+// errNotProxyHeader says that bytes which could have started a PROXY
+// header do not. It is a plain sentinel, never a *Refusal: refusals are
+// per connection and may be changed by the code that handles them.
+var errNotProxyHeader = errors.New("not a PROXY protocol header")
 
 // readProxyV1 reads a v1 line up to and including its CRLF, never more.
 func readProxyV1(r io.Reader, first byte) ([]byte, error) {
@@ -99,11 +103,19 @@ func readProxyV1(r io.Reader, first byte) ([]byte, error) {
 func readProxyV2(r io.Reader, first byte) ([]byte, error) {
 	hdr := make([]byte, 16)
 	hdr[0] = first
-	if _, err := io.ReadFull(r, hdr[1:]); err != nil {
-		return nil, err
+	// The signature a byte at a time, as for v1: a client that sent a
+	// line of plaintext and waits for the answer must not be kept
+	// waiting for bytes it will never send.
+	for i := 1; i < len(proxyV2Sig); i++ {
+		if _, err := io.ReadFull(r, hdr[i:i+1]); err != nil {
+			return nil, err
+		}
+		if hdr[i] != proxyV2Sig[i] {
+			return nil, errNotProxyHeader
+		}
 	}
-	if !bytes.Equal(hdr[:len(proxyV2Sig)], proxyV2Sig) {
-		return nil, errNotProxyHeader
+	if _, err := io.ReadFull(r, hdr[len(proxyV2Sig):]); err != nil {
+		return nil, err
 	}
 	n := int(binary.BigEndian.Uint16(hdr[14:16]))
 	if n > proxyV2MaxLen {

@@ -56,12 +56,16 @@ func (c *conn) tellRedis(r *Refusal) {
 	line := redisError(r)
 	deadline := time.Now().Add(redisRefuseWait)
 	_ = c.nc.SetDeadline(deadline)
-	br := bufio.NewReaderSize(io.LimitReader(c.client, redisRefuseMaxBytes), 4096)
+	rw := c.client
+	if rw == nil {
+		rw = c.nc // refused before TLS or before the first byte was kept
+	}
+	br := bufio.NewReaderSize(io.LimitReader(rw, redisRefuseMaxBytes), 4096)
 	for range redisRefuseMaxCommands {
 		if err := skipRESPCommand(br); err != nil {
 			return
 		}
-		if _, err := c.client.Write(line); err != nil {
+		if _, err := rw.Write(line); err != nil {
 			return
 		}
 	}

@@ -75,6 +75,8 @@ type Server struct {
 
 	goroutineSplice bool
 	loops           *loops // while running, unless goroutineSplice
+
+	testHook func(*conn, hookPoint) // set by tests before Run; see hook
 }
 
 // NewServer loads every file the config names and returns a Server ready to
@@ -114,6 +116,7 @@ func NewServer(opts Options) (*Server, error) {
 	s.conns.init()
 	s.snap.Store(snap)
 	s.metrics.observeSnapshot(snap)
+	s.warnStaleCRLs(snap)
 	return s, nil
 }
 
@@ -197,10 +200,16 @@ func (s *Server) Run(ctx context.Context) error {
 		time.Sleep(d)
 	}
 	stopWatch()
-	<-watchDone
+	// A reload stuck in a read (a hung network mount) must not hold
+	// shutdown: wait for it a bounded time, then go on without it.
+	// Clearing acceptCtx below keeps it from opening a listener if it ever
+	// ends.
+	if s.stopReloads(watchDone, reloadStopTimeout) {
+		defer s.reloadMu.Unlock()
+	} else {
+		s.log.Warn("shutting down: a reload is still running; not waiting for it", zap.Duration("waited", reloadStopTimeout))
+	}
 	<-probeDone
-	s.reloadMu.Lock() // no reload opens a listener from here on
-	defer s.reloadMu.Unlock()
 	s.mu.Lock()
 	s.acceptCtx = nil
 	s.mu.Unlock()
@@ -327,9 +336,29 @@ func (s *Server) serveConn(ctx context.Context, addr string, nc net.Conn) {
 		c.route = l.Routes[0]
 	}
 	s.conns.add(c)
-	if !c.serve(ctx) {
-		s.wg.Done() // else the event loop's finishSession does
-	}
+	handedOff := false
+	defer func() {
+		if !handedOff {
+			s.wg.Done() // else the event loop's finishSession does
+		}
+	}()
+	defer func() {
+		if v := recover(); v != nil {
+			s.notePanic(c, v)
+			c.mu.Lock()
+			onLoop := c.sess != nil
+			c.mu.Unlock()
+			if onLoop {
+				// The loop took the session before the panic: it ends it,
+				// and finishSession releases what it holds.
+				handedOff = true
+				c.abort()
+				return
+			}
+			c.abandon()
+		}
+	}()
+	handedOff = c.serve(ctx)
 }
 
 // addrPort returns a connection's address with IPv4-mapped IPv6 addresses
@@ -354,6 +383,39 @@ func (s *Server) logPendingFull(addr string, max int64) {
 }
 
 // waitTimeout waits for wg up to d and reports whether it finished.
+// reloadStopTimeout bounds how long shutdown waits for a reload in progress.
+// A reload of a 100k-rule file takes a quarter of a second.
+const reloadStopTimeout = 3 * time.Second
+
+// stopReloads waits up to d for the watcher goroutine to end (watchDone)
+// and then for a reload in progress to finish, and takes reloadMu. It
+// reports whether it took reloadMu; the caller then unlocks it.
+func (s *Server) stopReloads(watchDone <-chan struct{}, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-watchDone:
+	case <-t.C:
+		return false
+	}
+	got, abandoned := make(chan struct{}), make(chan struct{})
+	go func() {
+		s.reloadMu.Lock()
+		select {
+		case got <- struct{}{}: // the caller holds it now
+		case <-abandoned:
+			s.reloadMu.Unlock()
+		}
+	}()
+	select {
+	case <-got:
+		return true
+	case <-t.C:
+		close(abandoned)
+		return false
+	}
+}
+
 func waitTimeout(wg *sync.WaitGroup, d time.Duration) bool {
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()

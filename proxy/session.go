@@ -328,7 +328,15 @@ func (s *session) end(err error) {
 // finishSession is the end of a connection that ran on the loop. finish
 // closes both sockets.
 func (c *conn) finishSession(s *session, err error) {
+	defer c.srv.wg.Done()
+	defer c.recoverPanic()
+	c.srv.hook(c, hookFinish)
 	s.client.f.drainOut(time.Second) // the last bytes, or a cut's FATAL
 	c.finish(err)
-	c.srv.wg.Done()
+}
+
+// pumpGuarded is pump for the loop: a panic ends this session only.
+func (s *session) pumpGuarded() {
+	defer s.recoverPanic()
+	s.pump()
 }

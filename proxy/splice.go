@@ -90,6 +90,14 @@ const redisHalfCloseIdle = 60 * time.Second
 // clientToUpstream is one direction of splice, named so that goroutine
 // dumps say what each goroutine is doing.
 func (c *conn) clientToUpstream(errc chan<- error) {
+	defer func() {
+		if v := recover(); v != nil {
+			c.srv.notePanic(c, v)
+			c.client.Close()
+			c.upstream.Close()
+			errc <- errPanicked
+		}
+	}()
 	n, err := c.copyHalf(c.upstream, c.client)
 	c.bytesUp = n
 	if err != nil {

@@ -22,14 +22,16 @@ const ruleWait = 2 * time.Second
 
 // ipRulesFlags are the flags shared by the ip-rules commands.
 type ipRulesFlags struct {
-	config string
-	admin  string
-	json   bool
+	config    string
+	admin     string
+	tokenFile string
+	json      bool
 }
 
 func (f *ipRulesFlags) add(cmd *cobra.Command, withJSON bool) {
 	configFlag(cmd, &f.config)
 	cmd.Flags().StringVar(&f.admin, "admin", "", "admin endpoint of the running gate, to show rule status (default from admin.listen)")
+	adminTokenFlag(cmd, &f.tokenFile)
 	if withJSON {
 		cmd.Flags().BoolVar(&f.json, "json", false, "print JSON")
 	}
@@ -164,6 +166,10 @@ func runIPRulesCreate(ctx context.Context, w, ew io.Writer, f ipRulesFlags, rout
 	if err != nil {
 		return err
 	}
+	admin, err := newGateAdmin(e.adminURL(f.admin), f.tokenFile, e.cfg)
+	if err != nil {
+		return err
+	}
 	cidr, err := parseRuleCIDR(cidrText)
 	if err != nil {
 		return err
@@ -184,8 +190,7 @@ func runIPRulesCreate(ctx context.Context, w, ew io.Writer, f ipRulesFlags, rout
 	if err := audit(ctx, e.pkiDir, auditEntry{Action: "ip_rule.create", Route: routeName, ID: rule.ID, CIDR: rule.CIDR.String(), Description: desc}); err != nil {
 		return err
 	}
-	base := e.adminURL(f.admin)
-	st := awaitRule(ctx, base, ruleWait, func(g gateRules) string { return g.status(routeName, rule.ID) }, ruleAuthorized)
+	st := awaitRule(ctx, admin, ruleWait, func(g gateRules) string { return g.status(routeName, rule.ID) }, ruleAuthorized)
 	v := viewRule(rule, st)
 	if v.Warning = familyWarning(cidrText, cidr, routeName); v.Warning != "" && !f.json {
 		fmt.Fprintf(ew, "warning: %s\n", v.Warning)
@@ -228,11 +233,15 @@ func runIPRulesList(ctx context.Context, w io.Writer, f ipRulesFlags, routeName 
 	if err != nil {
 		return err
 	}
+	admin, err := newGateAdmin(e.adminURL(f.admin), f.tokenFile, e.cfg)
+	if err != nil {
+		return err
+	}
 	rules, err := store.Load()
 	if err != nil {
 		return err
 	}
-	g := fetchGateRules(ctx, e.adminURL(f.admin))
+	g := fetchGateRules(ctx, admin)
 	views := []ruleView{}
 	for _, r := range rules.Rules {
 		views = append(views, viewRule(r, g.status(routeName, r.ID)))
@@ -257,6 +266,10 @@ func runIPRulesGet(ctx context.Context, w io.Writer, f ipRulesFlags, routeName, 
 	if err != nil {
 		return err
 	}
+	admin, err := newGateAdmin(e.adminURL(f.admin), f.tokenFile, e.cfg)
+	if err != nil {
+		return err
+	}
 	rule, err := store.Get(id)
 	if errors.Is(err, allowlist.ErrRuleNotFound) {
 		return seeRules(err, routeName)
@@ -264,12 +277,16 @@ func runIPRulesGet(ctx context.Context, w io.Writer, f ipRulesFlags, routeName, 
 	if err != nil {
 		return err
 	}
-	g := fetchGateRules(ctx, e.adminURL(f.admin))
+	g := fetchGateRules(ctx, admin)
 	return viewRule(rule, g.status(routeName, rule.ID)).write(w, f.json)
 }
 
 func runIPRulesDelete(ctx context.Context, w io.Writer, f ipRulesFlags, routeName, id string) error {
 	e, _, store, err := openRules(f.config, routeName)
+	if err != nil {
+		return err
+	}
+	admin, err := newGateAdmin(e.adminURL(f.admin), f.tokenFile, e.cfg)
 	if err != nil {
 		return err
 	}
@@ -283,7 +300,6 @@ func runIPRulesDelete(ctx context.Context, w io.Writer, f ipRulesFlags, routeNam
 	if err := audit(ctx, e.pkiDir, auditEntry{Action: "ip_rule.delete", Route: routeName, ID: rule.ID, CIDR: rule.CIDR.String(), Description: rule.Description}); err != nil {
 		return err
 	}
-	base := e.adminURL(f.admin)
-	st := awaitRule(ctx, base, ruleWait, func(g gateRules) string { return g.deletedStatus(routeName, rule.ID) }, ruleDeleted)
+	st := awaitRule(ctx, admin, ruleWait, func(g gateRules) string { return g.deletedStatus(routeName, rule.ID) }, ruleDeleted)
 	return viewRule(rule, st).write(w, f.json)
 }
