@@ -39,10 +39,6 @@ const (
 	// maxStartupPacket is PostgreSQL's MAX_STARTUP_PACKET_LENGTH: a longer
 	// packet is refused before anything is allocated for it.
 	maxStartupPacket = 10000
-	// A CancelRequest is 16 bytes in protocol 3.0; 3.2 allows a secret key of
-	// up to 256 bytes.
-	minCancelPacket = 16
-	maxCancelPacket = 12 + 256
 
 	tlsRecordHandshake = 0x16
 	alpnPostgres       = "postgresql"
@@ -101,7 +97,7 @@ func (c *conn) startPostgres(ctx context.Context, first byte) error {
 				Hint:   "connect with sslmode=verify-full (or verify-ca) and set sslcert, sslkey and sslrootcert (PGSSLCERT, PGSSLKEY, PGSSLROOTCERT)",
 			}
 		default:
-			return refuse(ReasonProtocolViolation, fmt.Sprintf("unsupported start-up packet (code %d, %d bytes); this is a PostgreSQL gate", code, len(pkt)), nil)
+			return unsupportedProtocol(code)
 		}
 		var b [1]byte
 		if _, err := io.ReadFull(c.nc, b[:]); err != nil {
@@ -156,22 +152,14 @@ func (c *conn) readStartupInTLS(ctx context.Context) error {
 		return c.forwardCancel(ctx, pkt)
 	case code == codeSSLRequest || code == codeGSSENCRequest:
 		return refuse(ReasonProtocolViolation, "encryption requested again inside TLS", nil)
-	case code>>16 != protocolMajor3:
-		return &Refusal{Reason: ReasonProtocolViolation,
-			Msg: fmt.Sprintf("unsupported frontend protocol %d.%d: this gate speaks protocol 3", code>>16, code&0xffff)}
 	}
-	var sm pgproto3.StartupMessage
-	if err := sm.Decode(pkt[4:]); err != nil {
-		return refuse(ReasonProtocolViolation, "invalid startup packet layout", err)
+	sm, ref := parseStartupMessage(pkt)
+	if ref != nil {
+		return ref
 	}
-	c.pgUser = sm.Parameters["user"]
-	c.pgDB = sm.Parameters["database"]
-	if c.pgDB == "" {
-		c.pgDB = c.pgUser
-	}
-	if c.pgUser == "" {
-		return &Refusal{Reason: ReasonProtocolViolation, Msg: "no PostgreSQL user name specified in startup packet"}
-	}
+	// Any 3.x goes on unchanged: the upstream answers a minor version it
+	// does not speak with NegotiateProtocolVersion, as PostgreSQL does.
+	c.pgUser, c.pgDB = sm.user, sm.database
 	c.startup = pkt
 	return nil
 }
@@ -191,9 +179,9 @@ func (c *conn) readStartupInTLS(ctx context.Context) error {
 func (c *conn) forwardCancel(ctx context.Context, pkt []byte) error {
 	c.cancel = true
 	m := c.srv.metrics.cancels
-	if len(pkt) < minCancelPacket || len(pkt) > maxCancelPacket {
+	if ref := checkCancelPacket(pkt); ref != nil {
 		m.WithLabelValues(c.routeName(), "refused").Inc()
-		return refuse(ReasonProtocolViolation, fmt.Sprintf("invalid CancelRequest length %d", len(pkt)), nil)
+		return ref
 	}
 	if c.early != nil {
 		c.early.quiet = true // PostgreSQL never answers a cancel
