@@ -252,6 +252,11 @@ func (c *conn) sendCancel(ctx context.Context, r *Route, pkt []byte) error {
 
 // pgError encodes r as a PostgreSQL FATAL ErrorResponse.
 func pgError(r *Refusal) []byte {
+	if errors.Is(r.Err, errOldProtocol) {
+		// Protocol 2's ErrorResponse: a type byte and a C string, which
+		// PostgreSQL fills as below (send_message_to_frontend).
+		return append([]byte("EFATAL:  "+r.Msg+"\n"), 0)
+	}
 	msg := pgproto3.ErrorResponse{
 		Severity:            "FATAL",
 		SeverityUnlocalized: "FATAL",

@@ -23,6 +23,7 @@ package proxy
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 )
 
@@ -114,12 +115,23 @@ func truncateName(s string) string {
 	return s
 }
 
+// errOldProtocol marks a refusal to a client of protocol 2 or older, which
+// PostgreSQL answers in that protocol's format: a v3 ErrorResponse would be
+// garbage to it.
+var errOldProtocol = errors.New("client speaks protocol 2 or older; answered in its format")
+
 // unsupportedProtocol refuses a start-up packet whose code is neither a
 // request PostgreSQL knows nor a protocol 3 version, as PostgreSQL does:
 // it reads every other code as a protocol version.
 func unsupportedProtocol(code uint32) *Refusal {
-	return refuse(ReasonUnsupportedProtocol, fmt.Sprintf("unsupported frontend protocol %d.%d: server supports %d.0 to %d.%d",
+	r := refuse(ReasonUnsupportedProtocol, fmt.Sprintf("unsupported frontend protocol %d.%d: server supports %d.0 to %d.%d",
 		code>>16, code&0xffff, protocolMajor3, protocolMajor3, protocolLatestMinor), nil)
+	// PostgreSQL answers version 0.0 as protocol 3: it cannot tell it from
+	// "not set yet" (send_message_to_frontend).
+	if code>>16 < protocolMajor3 && code != 0 {
+		r.Err = errOldProtocol
+	}
+	return r
 }
 
 // checkCancelPacket accepts a CancelRequest of the lengths PostgreSQL 18
