@@ -23,6 +23,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime/debug"
+	"sync"
 	"syscall"
 	"time"
 
@@ -175,7 +177,9 @@ func (c *conn) readStartupInTLS(ctx context.Context) error {
 // shared by several routes carries no server name, so it goes to every
 // upstream of the listener: only the server that issued the key acts on it
 // (a pid and a 32-bit or longer random key must both match), and no state
-// has to be shared between replicas, as rewriting keys would need.
+// has to be shared between replicas, as rewriting keys would need. The
+// upstreams are tried at once, under one short bound, so that one that
+// does not answer delays neither the others nor the client.
 func (c *conn) forwardCancel(ctx context.Context, pkt []byte) error {
 	c.cancel = true
 	m := c.srv.metrics.cancels
@@ -194,7 +198,7 @@ func (c *conn) forwardCancel(ctx context.Context, pkt []byte) error {
 		c.route = c.lis.Routes[0]
 	}
 	var refusal error
-	forwarded := 0
+	allowed := make([]*Route, 0, len(targets))
 	for _, r := range targets {
 		if err := c.checkSourceOn(r); err != nil {
 			refusal = err
@@ -205,7 +209,12 @@ func (c *conn) forwardCancel(ctx context.Context, pkt []byte) error {
 			m.WithLabelValues(r.Name, "refused").Inc()
 			continue
 		}
-		if err := c.sendCancel(ctx, r, pkt); err != nil {
+		allowed = append(allowed, r)
+	}
+	forwarded := 0
+	for i, err := range c.sendCancels(ctx, allowed, pkt) {
+		r := allowed[i]
+		if err != nil {
 			m.WithLabelValues(r.Name, "failed").Inc()
 			c.srv.log.Warn("cancel request not forwarded", zap.String("id", c.id), zap.String("route", r.Name), zap.Error(err))
 			continue
@@ -223,18 +232,59 @@ func (c *conn) forwardCancel(ctx context.Context, pkt []byte) error {
 	return errCancelHandled
 }
 
+const (
+	// maxCancelWait bounds the whole forwarding of one cancel, below
+	// upstream_connect_timeout if that is shorter. A cancel that takes
+	// longer than this to reach a server is too late to be of use, and
+	// psql's Ctrl-C waits for it.
+	maxCancelWait = 2 * time.Second
+	// maxCancelDials bounds the upstreams one cancel dials at a time.
+	maxCancelDials = 16
+)
+
+// sendCancels delivers pkt to the upstream of each route in routes, at
+// most maxCancelDials at a time and all within the cancel bound, and
+// returns each one's outcome.
+func (c *conn) sendCancels(ctx context.Context, routes []*Route, pkt []byte) []error {
+	errs := make([]error, len(routes))
+	if len(routes) == 0 {
+		return errs
+	}
+	ctx, cancel := context.WithTimeout(ctx, min(c.snap.Config.Limits.UpstreamConnectTimeout, maxCancelWait))
+	defer cancel()
+	sem := make(chan struct{}, maxCancelDials)
+	var wg sync.WaitGroup
+	for i, r := range routes {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			// This goroutine is outside the connection's own: a panic here
+			// must not take the process with it.
+			defer func() {
+				if p := recover(); p != nil {
+					errs[i] = fmt.Errorf("panic forwarding a cancel: %v\n%s", p, debug.Stack())
+				}
+			}()
+			errs[i] = sendCancel(ctx, r, pkt)
+		})
+	}
+	wg.Wait()
+	return errs
+}
+
 // sendCancel delivers one CancelRequest to r's upstream, over TLS if the
 // route talks TLS to it, and waits for the server to close: it has read
-// the packet then.
-func (c *conn) sendCancel(ctx context.Context, r *Route, pkt []byte) error {
-	timeout := c.snap.Config.Limits.UpstreamConnectTimeout
-	d := net.Dialer{Timeout: timeout}
+// the packet then. ctx bounds it all.
+func sendCancel(ctx context.Context, r *Route, pkt []byte) error {
+	var d net.Dialer
 	up, err := d.DialContext(ctx, "tcp", r.Upstream)
 	if err != nil {
 		return err
 	}
 	defer up.Close()
-	_ = up.SetDeadline(time.Now().Add(timeout))
+	if dl, ok := ctx.Deadline(); ok {
+		_ = up.SetDeadline(dl)
+	}
 	if r.UpstreamTLS != nil {
 		tup, err := upstreamTLS(ctx, r, up)
 		if err != nil {
@@ -246,7 +296,9 @@ func (c *conn) sendCancel(ctx context.Context, r *Route, pkt []byte) error {
 	if _, err := up.Write(pkt); err != nil {
 		return err
 	}
-	_, _ = io.Copy(io.Discard, io.LimitReader(up, 1024))
+	if _, err := io.Copy(io.Discard, io.LimitReader(up, 1024)); err != nil {
+		return fmt.Errorf("upstream did not close after the cancel request: %w", err)
+	}
 	return nil
 }
 
