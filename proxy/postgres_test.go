@@ -435,8 +435,11 @@ func TestPostgresCancel(t *testing.T) {
 }
 
 // sleeping counts the backends running pg_sleep, asked directly upstream.
-func sleeping(t *testing.T) int {
-	c, err := pgConnect(t, sharedPostgres(t).ConnString())
+func sleeping(t *testing.T) int { return sleepingOn(t, sharedPostgres(t)) }
+
+// sleepingOn counts the backends of pg running pg_sleep.
+func sleepingOn(t *testing.T, pg *testenv.Postgres) int {
+	c, err := pgConnect(t, pg.ConnString())
 	if err != nil {
 		t.Fatal(err)
 	}
