@@ -98,9 +98,11 @@ func TestCancelFanOutSkipsBlackholes(t *testing.T) {
 	if n, err := io.Copy(io.Discard, nc); n != 0 || err != nil {
 		t.Fatalf("the gate answered a cancel: %d bytes, %v", n, err)
 	}
+	// psql waits for this close inside its SIGINT handler: the gate lets
+	// it go once an upstream has taken the packet, not at the bound.
 	t.Logf("cancel connection closed by the gate after %s", time.Since(start))
-	if d := time.Since(start); d > 3*time.Second {
-		t.Errorf("the gate held the cancel connection %s, want the 2s bound", d)
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("the gate held the cancel connection %s, want it closed at the first delivery", d)
 	}
 	waitFor(t, 5*time.Second, "cancel counted forwarded to db, failed on both blackholes", func() bool {
 		return e.cancelsCounted("db", "forwarded") == 1 && e.cancelsCounted("hole1", "failed") == 1 && e.cancelsCounted("hole2", "failed") == 1

@@ -211,8 +211,18 @@ func (c *conn) forwardCancel(ctx context.Context, pkt []byte) error {
 		}
 		allowed = append(allowed, r)
 	}
+	// The client waits for the close that says its cancel was delivered
+	// (psql does so inside its SIGINT handler): let it go at the first
+	// upstream that took the packet rather than after the slowest.
+	// PostgreSQL's own close says no more, as its signal to the backend is
+	// asynchronous. Inside TLS there is a single target, and the close is
+	// left to finish, which can send close_notify.
+	var delivered func()
+	if len(allowed) > 1 && c.tlsConn == nil {
+		delivered = func() { _ = c.nc.Close() }
+	}
 	forwarded := 0
-	for i, err := range c.sendCancels(ctx, allowed, pkt) {
+	for i, err := range c.sendCancels(ctx, allowed, pkt, delivered) {
 		r := allowed[i]
 		if err != nil {
 			m.WithLabelValues(r.Name, "failed").Inc()
@@ -244,8 +254,9 @@ const (
 
 // sendCancels delivers pkt to the upstream of each route in routes, at
 // most maxCancelDials at a time and all within the cancel bound, and
-// returns each one's outcome.
-func (c *conn) sendCancels(ctx context.Context, routes []*Route, pkt []byte) []error {
+// returns each one's outcome. delivered, if not nil, runs once, at the
+// first delivery.
+func (c *conn) sendCancels(ctx context.Context, routes []*Route, pkt []byte, delivered func()) []error {
 	errs := make([]error, len(routes))
 	if len(routes) == 0 {
 		return errs
@@ -253,6 +264,7 @@ func (c *conn) sendCancels(ctx context.Context, routes []*Route, pkt []byte) []e
 	ctx, cancel := context.WithTimeout(ctx, min(c.snap.Config.Limits.UpstreamConnectTimeout, maxCancelWait))
 	defer cancel()
 	sem := make(chan struct{}, maxCancelDials)
+	var once sync.Once
 	var wg sync.WaitGroup
 	for i, r := range routes {
 		sem <- struct{}{}
@@ -266,6 +278,9 @@ func (c *conn) sendCancels(ctx context.Context, routes []*Route, pkt []byte) []e
 				}
 			}()
 			errs[i] = sendCancel(ctx, r, pkt)
+			if errs[i] == nil && delivered != nil {
+				once.Do(delivered)
+			}
 		})
 	}
 	wg.Wait()
