@@ -317,7 +317,7 @@ func TestPostgresStartupPackets(t *testing.T) {
 	}{
 		{"garbage bytes", []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), "08P01", "invalid length of startup packet"},
 		{"oversized packet", startupPacket(196608, bytes.Repeat([]byte{'a'}, 20000)), "08P01", "invalid length of startup packet"},
-		{"unknown code, read as a protocol version as PostgreSQL does", startupPacket(12345, nil), "0A000", "unsupported frontend protocol 0.12345: server supports 3.0 to 3.2"},
+		{"protocol 4.0 in plaintext", startupPacket(4<<16, nil), "0A000", "unsupported frontend protocol 4.0: server supports 3.0 to 3.2"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			nc := e.rawConn(t)
