@@ -243,10 +243,10 @@ func (c *conn) forwardCancel(ctx context.Context, pkt []byte) error {
 }
 
 const (
-	// maxCancelWait bounds the whole forwarding of one cancel, below
-	// upstream_connect_timeout if that is shorter. A cancel that takes
-	// longer than this to reach a server is too late to be of use, and
-	// psql's Ctrl-C waits for it.
+	// maxCancelWait bounds the whole forwarding of one cancel, unless
+	// upstream_connect_timeout is shorter. A cancel that needs longer to
+	// reach a server is too late to be of use, and an upstream that takes
+	// the packet but never closes must not hold a pending slot for long.
 	maxCancelWait = 2 * time.Second
 	// maxCancelDials bounds the upstreams one cancel dials at a time.
 	maxCancelDials = 16

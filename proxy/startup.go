@@ -5,11 +5,12 @@ package proxy
 // if the two readings differ, a client can be approved as one user and log
 // in as another. This file follows ProcessStartupPacket
 // (src/backend/tcop/backend_startup.c in PostgreSQL 17 and later,
-// src/backend/postmaster/postmaster.c before), whose reading has not
-// changed since protocol 2 was removed:
+// src/backend/postmaster/postmaster.c before), which reads the packet the
+// same way from PostgreSQL 14 (which removed protocol 2) to 18:
 //
 //   - the major version must be 3; a newer minor version is negotiated
 //     (NegotiateProtocolVersion), not refused, so it is left to the upstream;
+//     a client of protocol 2 or older is refused in its own format;
 //   - name\0value\0 pairs follow, and the list ends at the first empty name;
 //     that terminator must be the packet's last byte;
 //   - a parameter given twice takes its last value;
@@ -17,7 +18,7 @@ package proxy
 //   - both are truncated to NAMEDATALEN-1 bytes.
 //
 // A CancelRequest is a pid and a secret key: 4 bytes in protocol 3.0, where
-// PostgreSQL 16 and older accept exactly a 16-byte packet, and 1 to 256
+// PostgreSQL 17 and older accept exactly a 16-byte packet, and 1 to 256
 // bytes since PostgreSQL 18 (ProcessCancelRequestPacket).
 
 import (
