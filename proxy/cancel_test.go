@@ -1,12 +1,16 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"os/exec"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -106,5 +110,34 @@ func TestCancelFanOutSkipsBlackholes(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, "cancel counted forwarded to db, failed on both blackholes", func() bool {
 		return e.cancelsCounted("db", "forwarded") == 1 && e.cancelsCounted("hole1", "failed") == 1 && e.cancelsCounted("hole2", "failed") == 1
+	})
+
+	t.Run("psql Ctrl-C", func(t *testing.T) {
+		testenv.Require(t, "psql")
+		cmd := exec.Command("psql", pgURL(e.pki, client, "db.test", addr, "verify-ca"), "-Xc", "select pg_sleep(30)")
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		// psql installs its SIGINT handler only after connecting.
+		waitFor(t, 10*time.Second, "pg_sleep to run upstream", func() bool { return sleeping(t) == 1 })
+		start := time.Now()
+		cmd.Process.Signal(syscall.SIGINT)
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			t.Fatalf("psql still running 10s after Ctrl-C: %s", out.String())
+		}
+		t.Logf("psql ended %s after Ctrl-C", time.Since(start))
+		if d := time.Since(start); d > time.Second {
+			t.Errorf("psql ended %s after Ctrl-C, want well under the 2s bound", d)
+		}
+		if !strings.Contains(out.String(), "canceling statement due to user request") {
+			t.Fatalf("psql output: %s", out.String())
+		}
 	})
 }
