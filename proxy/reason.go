@@ -30,6 +30,8 @@ const (
 	ReasonTooManyPending        // limits.max_pending: closed at accept
 	ReasonUpstreamUnavailable
 	ReasonShutdown
+	ReasonUserMissing         // a StartupMessage without a user name
+	ReasonUnsupportedProtocol // a start-up packet of a protocol other than 3
 )
 
 var reasonNames = [...]string{
@@ -55,6 +57,8 @@ var reasonNames = [...]string{
 	ReasonTooManyPending:        "too_many_pending",
 	ReasonUpstreamUnavailable:   "upstream_unavailable",
 	ReasonShutdown:              "shutdown",
+	ReasonUserMissing:           "user_missing",
+	ReasonUnsupportedProtocol:   "unsupported_protocol",
 }
 
 // String returns the snake_case name used as the metric label and log value.
@@ -78,6 +82,8 @@ func (r Reason) sqlstate() string {
 		return "57P03" // cannot_connect_now
 	case ReasonShutdown:
 		return "57P01" // admin_shutdown
+	case ReasonUnsupportedProtocol:
+		return "0A000" // feature_not_supported
 	default:
 		return "28000" // invalid_authorization_specification
 	}
