@@ -23,7 +23,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"runtime/debug"
 	"sync"
 	"syscall"
 	"time"
@@ -274,7 +273,8 @@ func (c *conn) sendCancels(ctx context.Context, routes []*Route, pkt []byte, del
 			// must not take the process with it.
 			defer func() {
 				if p := recover(); p != nil {
-					errs[i] = fmt.Errorf("panic forwarding a cancel: %v\n%s", p, debug.Stack())
+					c.srv.notePanic(c, p)
+					errs[i] = fmt.Errorf("panic forwarding a cancel: %v", p)
 				}
 			}()
 			errs[i] = sendCancel(ctx, r, pkt)
