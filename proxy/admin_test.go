@@ -15,6 +15,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/spacegate/spacegate/internal/safefile"
 	"github.com/spacegate/spacegate/internal/testenv"
 )
 
@@ -132,7 +133,7 @@ func TestReadTokenFile(t *testing.T) {
 		{"two lines", file{"one\ntwo\n", 0o600, -1}, "printable ASCII", true},
 		{"trailing blank line", file{"tok\n\n", 0o600, -1}, "printable ASCII", true},
 		{"space", file{"my token\n", 0o600, -1}, "printable ASCII", true},
-		{"too large", file{strings.Repeat("a", maxTokenFile+1), 0o600, -1}, "larger than 4096 bytes", true},
+		{"too large", file{strings.Repeat("a", int(safefile.AdminToken.Max)+1), 0o600, -1}, "the limit for an admin token file is 4 KiB", true},
 		{"world readable", file{"tok\n", 0o644, -1}, "has permissions 0644", true},
 		{"group writable", file{"tok\n", 0o660, -1}, "has permissions 0660", true},
 		{"group readable, not root's", file{"tok\n", 0o640, 65534}, "must be u=rw (0600) or less", true},
@@ -176,12 +177,12 @@ func TestReadTokenFile(t *testing.T) {
 	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	for p, kind := range map[string]string{dir: "a directory", fifo: "a FIFO", "/dev/zero": "a device"} {
+	for p, kind := range map[string]string{dir: "a directory", fifo: "a FIFO", "/dev/zero": "a character device"} {
 		done := make(chan error, 1)
 		go func() { _, err := readTokenFile(p); done <- err }()
 		select {
 		case err := <-done:
-			if want := "is not a regular file but " + kind; err == nil || !strings.Contains(err.Error(), want) {
+			if want := " is " + kind; err == nil || !strings.Contains(err.Error(), want) {
 				t.Errorf("%s: %v, want %q", p, err, want)
 			}
 		case <-time.After(5 * time.Second):

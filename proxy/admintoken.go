@@ -7,12 +7,10 @@ import (
 	"io/fs"
 	"net"
 	"net/netip"
-	"os"
 	"syscall"
-)
 
-// maxTokenFile bounds admin.token_file: a token is a line, not a document.
-const maxTokenFile = 4 << 10
+	"github.com/spacegate/spacegate/internal/safefile"
+)
 
 // validate checks admin.listen, and that an address other than loopback
 // comes with a token: /v1/status lists every live session and pprof shows
@@ -71,14 +69,14 @@ func (c *Config) loadAdminToken() ([]byte, error) {
 func ReadTokenFile(path string) ([]byte, error) { return readTokenFile(path) }
 
 // readTokenFile reads a bearer token: a regular file (after links) of at
-// most 4 KiB, opened without blocking so that a FIFO cannot wedge a
-// reload. One trailing newline (\n or \r\n) is dropped; the rest must be
-// printable ASCII without spaces, as an HTTP header carries it. Like
-// libpq's key files, it must not be readable by others: 0600 or less, or
-// 0640 or less when owned by root (Kubernetes mounts Secrets that way
-// with fsGroup).
+// most safefile.AdminToken's size, opened without blocking so that a FIFO
+// cannot wedge a reload. One trailing newline (\n or \r\n) is dropped; the
+// rest must be printable ASCII without spaces, as an HTTP header carries
+// it. Like libpq's key files, it must not be readable by others: 0600 or
+// less, or 0640 or less when owned by root (Kubernetes mounts Secrets that
+// way with fsGroup).
 func readTokenFile(path string) ([]byte, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
+	f, _, err := safefile.Open(path, safefile.AdminToken)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("%s does not exist", path)
@@ -86,22 +84,21 @@ func readTokenFile(path string) ([]byte, error) {
 		return nil, err
 	}
 	defer f.Close()
+	// The permissions of the file that was opened, not of the path now.
 	fi, err := f.Stat()
 	if err != nil {
 		return nil, err
 	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file but %s", path, fileKind(fi.Mode()))
-	}
 	if err := checkTokenPerm(path, fi); err != nil {
 		return nil, err
 	}
-	data, err := io.ReadAll(io.LimitReader(f, maxTokenFile+1))
+	max := safefile.AdminToken.Max
+	data, err := io.ReadAll(io.LimitReader(f, max+1))
 	if err != nil {
 		return nil, fmt.Errorf("reading %s: %w", path, err)
 	}
-	if len(data) > maxTokenFile {
-		return nil, fmt.Errorf("%s is larger than %d bytes: a token is one line", path, maxTokenFile)
+	if int64(len(data)) > max {
+		return nil, fmt.Errorf("%s is larger than %d bytes: a token is one line", path, max)
 	}
 	tok := data
 	if n := len(tok); n > 0 && tok[n-1] == '\n' {
@@ -119,21 +116,6 @@ func readTokenFile(path string) ([]byte, error) {
 		}
 	}
 	return tok, nil
-}
-
-// fileKind names what a file that is not regular is, for messages.
-func fileKind(m fs.FileMode) string {
-	switch {
-	case m.IsDir():
-		return "a directory"
-	case m&fs.ModeNamedPipe != 0:
-		return "a FIFO"
-	case m&fs.ModeSocket != 0:
-		return "a socket"
-	case m&fs.ModeDevice != 0:
-		return "a device"
-	}
-	return "of mode " + m.String()
 }
 
 // checkTokenPerm refuses a token file that others can read or change.

@@ -320,6 +320,7 @@ func parseConfig(data []byte, file string) (*Config, error) {
 		}
 		decodeErr = yamlProblems(file, err)
 	}
+	cfg.trimServerNameDots()
 	v := validator{file: file, root: &root}
 	cfg.validate(&v)
 	cfg.resolvePaths()
@@ -641,6 +642,17 @@ func (c *Config) validateListeners(v *validator) {
 	for i, r := range c.Routes {
 		if r.Default && len(byAddr[r.Listen]) == 1 {
 			v.addf([]any{"routes", i, "default"}, "route %q: default: true only matters on a listen address shared with other routes", r.Name)
+		}
+	}
+}
+
+// trimServerNameDots drops the trailing dot of fully qualified server
+// names ("db.example.com."): SNI never carries it, so every comparison of
+// names is made without it.
+func (c *Config) trimServerNameDots() {
+	for i := range c.Routes {
+		for j, n := range c.Routes[i].ServerNames {
+			c.Routes[i].ServerNames[j] = strings.TrimSuffix(n, ".")
 		}
 	}
 }

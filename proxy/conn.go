@@ -308,9 +308,9 @@ func (c *conn) routeName() string {
 // client can be told which names are served.
 func (c *conn) startTLS(ctx context.Context, prefix []byte) error {
 	c.phase = PhaseHandshake
-	raw := c.nc
-	if len(prefix) > 0 {
-		raw = &prefixConn{Conn: c.nc, prefix: prefix}
+	raw, err := c.peekClientHello(prefix)
+	if err != nil {
+		return err
 	}
 	// Called once the whole ClientHello has arrived: the progress that
 	// tells a real client from a socket that trickles or stalls.

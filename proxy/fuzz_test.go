@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pires/go-proxyproto"
 )
 
 // The seed corpora are in testdata/fuzz/FuzzXxx and run with go test. Run a
@@ -129,6 +131,13 @@ func FuzzReadProxyHeader(f *testing.F) {
 		case proxyV2Sig[0]:
 			if want := 16 + int(binary.BigEndian.Uint16(data[14:16])); consumed != want {
 				t.Fatalf("v2 header consumed %d bytes, announces %d", consumed, want)
+			}
+			// An accepted header's TLVs split cleanly, by go-proxyproto's
+			// own reading of the lengths.
+			if fam := int(data[13] >> 4); fam < len(v2AddrLen) && 16+v2AddrLen[fam] <= consumed {
+				if _, err := proxyproto.SplitTLVs(data[16+v2AddrLen[fam] : consumed]); err != nil {
+					t.Fatalf("accepted a header whose TLVs do not split: %v", err)
+				}
 			}
 		}
 		if ok && (!src.IsValid() || src.Addr().Is4In6() || src.Addr().Zone() != "") {

@@ -32,6 +32,8 @@ const (
 	ReasonIPNotAllowedPreTLS    // source allowed by no route of the listener, closed before TLS under pressure
 	ReasonUpstreamUnavailable
 	ReasonShutdown
+	ReasonUserMissing         // a StartupMessage without a user name
+	ReasonUnsupportedProtocol // a start-up packet of a protocol other than 3
 )
 
 var reasonNames = [...]string{
@@ -59,6 +61,8 @@ var reasonNames = [...]string{
 	ReasonIPNotAllowedPreTLS:    "ip_not_allowed_pre_tls",
 	ReasonUpstreamUnavailable:   "upstream_unavailable",
 	ReasonShutdown:              "shutdown",
+	ReasonUserMissing:           "user_missing",
+	ReasonUnsupportedProtocol:   "unsupported_protocol",
 }
 
 // String returns the snake_case name used as the metric label and log value.
@@ -82,6 +86,8 @@ func (r Reason) sqlstate() string {
 		return "57P03" // cannot_connect_now
 	case ReasonShutdown:
 		return "57P01" // admin_shutdown
+	case ReasonUnsupportedProtocol:
+		return "0A000" // feature_not_supported
 	default:
 		return "28000" // invalid_authorization_specification
 	}

@@ -76,6 +76,7 @@ func (s *Server) Reload() error {
 	cut := s.recheckAll(snap)
 	s.log.Info("reloaded", zap.Uint64("generation", snap.Generation), zap.Int("routes", len(snap.Routes)),
 		zap.Int("connections_cut", cut), zap.Duration("took", time.Since(start)))
+	s.logWarnings(snap)
 	return nil
 }
 

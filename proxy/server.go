@@ -193,6 +193,7 @@ func (s *Server) Run(ctx context.Context) error {
 		defer close(probeDone)
 		s.probeUpstreams(watchCtx, upstreamProbeInterval)
 	}()
+	s.logWarnings(snap)
 	close(s.ready)
 	s.notify("ready")
 	s.log.Info("spacegate serving", zap.Int("routes", len(snap.Routes)), zap.Uint64("generation", snap.Generation))

@@ -181,7 +181,7 @@ func TestCheckAdminNeedsToken(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatal("check with a FIFO as admin.token_file did not return within 15s")
 	}
-	want = config + ":4: admin.token_file: " + token + " is not a regular file but a FIFO"
+	want = config + ":4: admin.token_file: admin token file " + token + " is a FIFO (named pipe), not a regular file"
 	if code != exitError || !strings.Contains(stdout+stderr, want) {
 		t.Errorf("check with a FIFO token file: exit %d, want 1 and %q\nstdout: %s\nstderr: %s", code, want, stdout, stderr)
 	}

@@ -32,7 +32,7 @@ type checkResult struct {
 	Config   string   `json:"config"`
 	OK       bool     `json:"ok"`
 	Problems []string `json:"problems"`
-	Warnings []string `json:"warnings"` // do not fail the check: a CRL past its nextUpdate
+	Warnings []string `json:"warnings"` // do not fail the check: a CRL past its nextUpdate, a rule for a whole address family
 	Routes   []string `json:"routes,omitempty"`
 }
 
@@ -48,6 +48,7 @@ func runCheck(w io.Writer, path string, asJSON bool) error {
 		for _, c := range snap.StaleCRLs(time.Now()) {
 			res.Warnings = append(res.Warnings, c.String())
 		}
+		res.Warnings = append(res.Warnings, snap.Warnings()...)
 	}
 	for _, p := range proxy.Problems(err) {
 		res.Problems = append(res.Problems, p.Error())

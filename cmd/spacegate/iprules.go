@@ -56,7 +56,7 @@ func newIPRulesCreateCmd() *cobra.Command {
 			if err := requireFlags(cmd, "cidr", "description"); err != nil {
 				return err
 			}
-			return runIPRulesCreate(cmd.Context(), cmd.OutOrStdout(), f, args[0], cidr, desc)
+			return runIPRulesCreate(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), f, args[0], cidr, desc)
 		},
 	}
 	f.add(cmd, true)
@@ -116,6 +116,7 @@ type ruleView struct {
 	ID          string    `json:"id"`
 	Status      string    `json:"status"`
 	UpdatedAt   time.Time `json:"updated_at"`
+	Warning     string    `json:"warning,omitempty"` // create only: the block admits a whole address family
 }
 
 func viewRule(r allowlist.Rule, status string) ruleView {
@@ -160,7 +161,7 @@ func seeRules(err error, routeName string) error {
 	return withHint(err, "see the rules with: spacegate ip-rules list %s", routeName)
 }
 
-func runIPRulesCreate(ctx context.Context, w io.Writer, f ipRulesFlags, routeName, cidrText, desc string) error {
+func runIPRulesCreate(ctx context.Context, w, ew io.Writer, f ipRulesFlags, routeName, cidrText, desc string) error {
 	e, route, store, err := openRules(f.config, routeName)
 	if err != nil {
 		return err
@@ -190,7 +191,26 @@ func runIPRulesCreate(ctx context.Context, w io.Writer, f ipRulesFlags, routeNam
 		return err
 	}
 	st := awaitRule(ctx, admin, ruleWait, func(g gateRules) string { return g.status(routeName, rule.ID) }, ruleAuthorized)
-	return viewRule(rule, st).write(w, f.json)
+	v := viewRule(rule, st)
+	if v.Warning = familyWarning(cidrText, cidr, routeName); v.Warning != "" && !f.json {
+		fmt.Fprintf(ew, "warning: %s\n", v.Warning)
+	}
+	return v.write(w, f.json)
+}
+
+// familyWarning warns of a block that admits a whole address family, or
+// returns "". The rule is still made: a route open to everyone with a
+// certificate can be what is meant.
+func familyWarning(written string, cidr netip.Prefix, routeName string) string {
+	fam := allowlist.WholeFamily(cidr)
+	if fam == "" {
+		return ""
+	}
+	what := cidr.String()
+	if written != what {
+		what = fmt.Sprintf("%s (the %s block %s)", written, fam, cidr)
+	}
+	return fmt.Sprintf("%s admits every %s address: only the client certificate keeps strangers out of route %s", what, fam, routeName)
 }
 
 // parseRuleCIDR parses the --cidr of a new rule, with the fix as a hint.
