@@ -57,7 +57,7 @@ func (c *conn) admit() error {
 		return &Refusal{Reason: ReasonRouteDisabled, Msg: fmt.Sprintf("route %s is disabled by its operator", c.route.Name),
 			Hint: "the route accepts connections again once it is enabled"}
 	}
-	if ref := c.srv.limits.acquire(c.snap.Config.Limits, c.route, c.src.Addr()); ref != nil {
+	if ref := c.srv.limits.acquire(c.snap.Config.Limits, c.route, c.src.Addr(), c.identity.Serial); ref != nil {
 		return ref
 	}
 	c.admitted = true

@@ -90,13 +90,20 @@ type ProxyProtocolConfig struct {
 type LimitsConfig struct {
 	MaxConnections int `yaml:"max_connections"` // default 10000
 	// MaxConnectionsPerSource caps admitted connections per client address
-	// (after PROXY protocol). Zero means no cap: offices behind one NAT
-	// address are common.
+	// (after PROXY protocol), so that one source cannot take every slot.
+	// Default: a quarter of MaxConnections, at least 64 (offices behind one
+	// NAT address are common), at most MaxConnections.
 	MaxConnectionsPerSource int `yaml:"max_connections_per_source"`
+	// MaxConnectionsPerCertificate caps admitted connections per client
+	// certificate (by serial), with the same default.
+	MaxConnectionsPerCertificate int `yaml:"max_connections_per_certificate"`
 	// MaxPending caps connections accepted but not yet admitted or refused
-	// (in handshake); beyond it new connections are closed at once. Default
-	// 1000.
-	MaxPending             int           `yaml:"max_pending"`
+	// (in handshake). When it is reached, the pending connection that has
+	// made the least progress is closed to make room. Default 1000.
+	MaxPending int `yaml:"max_pending"`
+	// MaxPendingPerSource is the same bound per source address (an IPv6
+	// /64), so that one source's idle sockets evict its own. Default 100.
+	MaxPendingPerSource    int           `yaml:"max_pending_per_source"`
 	HandshakeTimeout       time.Duration `yaml:"handshake_timeout"`        // default 10s
 	UpstreamConnectTimeout time.Duration `yaml:"upstream_connect_timeout"` // default 5s
 	DrainTimeout           time.Duration `yaml:"drain_timeout"`            // default 30s
@@ -128,8 +135,10 @@ type RouteConfig struct {
 	UpstreamServerName string `yaml:"upstream_server_name"` // name to verify; default: the upstream's host
 	IPRulesFile        string `yaml:"ip_rules_file"`
 	MaxIPRules         int    `yaml:"max_ip_rules"` // default 60
-	// MaxConnections caps the route's admitted connections; zero means only
-	// the gate's limits.max_connections applies.
+	// MaxConnections caps the route's admitted connections. Zero means
+	// three quarters of limits.max_connections when the gate has several
+	// routes, so that one cannot starve the others; with one route, only
+	// limits.max_connections applies.
 	MaxConnections int `yaml:"max_connections"`
 	// AllowedClients are the client identities the route accepts: "*" (any
 	// certificate of the space CA), or "cn:GLOB", "dns:GLOB", "uri:GLOB"
@@ -166,7 +175,14 @@ const (
 	DefaultDrainTimeout           = 30 * time.Second
 	DefaultMaxIPRules             = 60
 	DefaultMaxPending             = 1000
+	DefaultMaxPendingPerSource    = 100
 )
+
+// defaultShareOf is the default cap per source and per certificate: a
+// quarter of the gate's max_connections, at least 64, at most all of it.
+func defaultShareOf(maxConnections int) int {
+	return min(maxConnections, max(maxConnections/4, 64))
+}
 
 // MaxMaxIPRules is the largest max_ip_rules accepted: a rules file of that
 // many rules fits under safefile.Rules (64 MiB) with room for long
@@ -432,11 +448,30 @@ func (c *Config) validate(v *validator) {
 	if l.MaxConnections == 0 {
 		l.MaxConnections = DefaultMaxConnections
 	}
-	if l.MaxPending < 0 || l.MaxConnectionsPerSource < 0 {
-		v.addf([]any{"limits"}, "limits.max_pending and limits.max_connections_per_source must not be negative")
+	for _, n := range []struct {
+		key string
+		val *int
+		def int
+	}{
+		{"max_pending", &l.MaxPending, DefaultMaxPending},
+		{"max_pending_per_source", &l.MaxPendingPerSource, DefaultMaxPendingPerSource},
+		{"max_connections_per_source", &l.MaxConnectionsPerSource, defaultShareOf(l.MaxConnections)},
+		{"max_connections_per_certificate", &l.MaxConnectionsPerCertificate, defaultShareOf(l.MaxConnections)},
+	} {
+		if *n.val < 0 {
+			v.addf([]any{"limits", n.key}, "limits.%s must not be negative, got %d", n.key, *n.val)
+		}
+		if *n.val == 0 {
+			*n.val = n.def
+		}
 	}
-	if l.MaxPending == 0 {
-		l.MaxPending = DefaultMaxPending
+	if len(c.Routes) > 1 {
+		// So that one route cannot starve the others: each keeps a quarter.
+		for i := range c.Routes {
+			if c.Routes[i].MaxConnections == 0 {
+				c.Routes[i].MaxConnections = max(1, l.MaxConnections*3/4)
+			}
+		}
 	}
 	c.TLS.validate(v, []any{"tls"}, "tls")
 	if c.PKI.TrustDomain == "" {
@@ -515,6 +550,9 @@ func (c *Config) validate(v *validator) {
 		}
 		if r.IPRulesFile == "" {
 			v.addf([]any{"routes", i}, "route %q has no ip_rules_file: every route needs one (an empty rules list allows nobody)", r.Name)
+		}
+		if r.MaxConnections < 0 {
+			v.addf(at("max_connections"), "route %q: max_connections must not be negative, got %d", r.Name, r.MaxConnections)
 		}
 		if r.MaxIPRules < 0 {
 			v.addf(at("max_ip_rules"), "route %q: max_ip_rules must be positive, got %d", r.Name, r.MaxIPRules)

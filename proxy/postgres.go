@@ -88,6 +88,7 @@ func (c *conn) startPostgres(ctx context.Context, first byte) error {
 				return err
 			}
 		case code == codeSSLRequest && len(pkt) == 8:
+			c.advance(progressNegotiated)
 			return c.startClassicTLS(ctx)
 		case code == codeCancelRequest:
 			return c.forwardCancel(ctx, pkt)

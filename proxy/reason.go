@@ -27,7 +27,9 @@ const (
 	ReasonTooManyConnections    // limits.max_connections
 	ReasonRouteConnectionLimit  // the route's max_connections
 	ReasonSourceConnectionLimit // limits.max_connections_per_source
-	ReasonTooManyPending        // limits.max_pending: closed at accept
+	ReasonCertConnectionLimit   // limits.max_connections_per_certificate
+	ReasonPendingEvicted        // made room in a full pending pool: closed
+	ReasonIPNotAllowedPreTLS    // source allowed by no route of the listener, closed before TLS under pressure
 	ReasonUpstreamUnavailable
 	ReasonShutdown
 	ReasonUserMissing         // a StartupMessage without a user name
@@ -54,7 +56,9 @@ var reasonNames = [...]string{
 	ReasonTooManyConnections:    "too_many_connections",
 	ReasonRouteConnectionLimit:  "route_connection_limit",
 	ReasonSourceConnectionLimit: "source_connection_limit",
-	ReasonTooManyPending:        "too_many_pending",
+	ReasonCertConnectionLimit:   "certificate_connection_limit",
+	ReasonPendingEvicted:        "pending_evicted",
+	ReasonIPNotAllowedPreTLS:    "ip_not_allowed_pre_tls",
 	ReasonUpstreamUnavailable:   "upstream_unavailable",
 	ReasonShutdown:              "shutdown",
 	ReasonUserMissing:           "user_missing",
@@ -74,7 +78,7 @@ func (r Reason) sqlstate() string {
 	switch r {
 	case ReasonProtocolViolation:
 		return "08P01" // protocol_violation
-	case ReasonTooManyConnections, ReasonRouteConnectionLimit, ReasonSourceConnectionLimit:
+	case ReasonTooManyConnections, ReasonRouteConnectionLimit, ReasonSourceConnectionLimit, ReasonCertConnectionLimit:
 		return "53300" // too_many_connections
 	case ReasonUpstreamUnavailable:
 		return "08006" // connection_failure
