@@ -6,13 +6,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
+	"io/fs"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/spacegate/spacegate/internal/safefile"
 )
 
 // Parse parses a rules file. It reads the whole of data and reports every
@@ -29,16 +31,26 @@ func Parse(data []byte) (*Rules, error) {
 	return parse("", data)
 }
 
-// Load reads and parses the rules file at path, as [Parse] does, but with
-// every *ParseError's File set to path, so that messages read
-// "path:line: msg". If the file cannot be read, the error wraps the one from
-// [os.ReadFile]; for a missing file it matches [io/fs.ErrNotExist] and names
-// path.
+// Load reads and parses the rules file at path, as [ParseFile] does. It
+// reads through [safefile.ReadFile]: a path that is not a regular file
+// (a FIFO, a device, a directory) or a file over [safefile.Rules] is an
+// error naming path, matching [safefile.ErrNotRegular] or
+// [safefile.ErrTooLarge]; a missing file matches [io/fs.ErrNotExist].
 func Load(path string) (*Rules, error) {
-	data, err := os.ReadFile(path)
+	data, err := safefile.ReadFile(path, safefile.Rules)
 	if err != nil {
-		return nil, fmt.Errorf("reading rules file: %w", err)
+		if _, ok := errors.AsType[*fs.PathError](err); ok {
+			return nil, fmt.Errorf("reading rules file: %w", err)
+		}
+		return nil, err // it names the file and its kind
 	}
+	return parse(path, data)
+}
+
+// ParseFile parses data, read from the rules file at path, as [Parse]
+// does, but with every *ParseError's File set to path, so that messages
+// read "path:line: msg".
+func ParseFile(path string, data []byte) (*Rules, error) {
 	return parse(path, data)
 }
 

@@ -8,8 +8,11 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/spacegate/spacegate/internal/safefile"
 )
 
 const (
@@ -373,5 +376,15 @@ func TestLoad(t *testing.T) {
 	}
 	if err == nil || !strings.Contains(err.Error(), missing) {
 		t.Errorf("Load(%q) error %q does not name the file", missing, err)
+	}
+	// A FIFO would block os.ReadFile until a writer came; Load refuses it
+	// at once, naming it.
+	fifo := filepath.Join(dir, "fifo.yaml")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Load(fifo)
+	if !errors.Is(err, safefile.ErrNotRegular) || !strings.Contains(err.Error(), "rules file "+fifo+" is a FIFO") {
+		t.Errorf("Load(%q) = %v, want an error matching safefile.ErrNotRegular naming the file", fifo, err)
 	}
 }

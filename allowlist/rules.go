@@ -272,3 +272,37 @@ func checkDuplicates(rules []Rule, idOK, cidrOK []bool) []error {
 	}
 	return errs
 }
+
+// WholeFamily returns "IPv4" or "IPv6" when block p admits every address
+// of that family, and "" otherwise: 0.0.0.0/0, ::/0, and
+// ::ffff:0.0.0.0/96, which after the unmapping of IPv4-mapped addresses
+// is all of IPv4. Such a rule leaves only the certificate check between
+// the internet and a route; it is valid, but worth a warning.
+func WholeFamily(p netip.Prefix) string {
+	if !p.IsValid() {
+		return ""
+	}
+	p = normalize(p)
+	switch {
+	case p.Bits() != 0:
+		return ""
+	case p.Addr().Is4():
+		return "IPv4"
+	}
+	return "IPv6"
+}
+
+// Warnings returns a sentence for each rule that admits a whole address
+// family (see [WholeFamily]), naming the rule by line or position.
+func (r *Rules) Warnings() []string {
+	if r == nil {
+		return nil
+	}
+	var out []string
+	for i, rule := range r.Rules {
+		if fam := WholeFamily(rule.CIDR); fam != "" {
+			out = append(out, fmt.Sprintf("%s (%s, id %s) admits every %s address: only the client certificate keeps strangers out", where(i, rule), rule.CIDR, rule.ID, fam))
+		}
+	}
+	return out
+}

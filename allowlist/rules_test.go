@@ -188,3 +188,51 @@ func TestPrefixes(t *testing.T) {
 		t.Errorf("Prefixes = %v, want %v", got, ps)
 	}
 }
+
+func TestWholeFamily(t *testing.T) {
+	for _, tc := range []struct {
+		cidr, want string
+	}{
+		{"0.0.0.0/0", "IPv4"},
+		{"::/0", "IPv6"},
+		{"::ffff:0.0.0.0/96", "IPv4"}, // all of IPv4, once mapped addresses are unmapped
+		{"0.0.0.0/1", ""},
+		{"128.0.0.0/1", ""},
+		{"::/1", ""},
+		{"::ffff:0.0.0.0/97", ""},
+		{"::/96", ""}, // IPv4-compatible, not mapped: no IPv4 client matches it
+		{"10.0.0.0/8", ""},
+		{"2001:db8::/32", ""},
+	} {
+		if got := WholeFamily(netip.MustParsePrefix(tc.cidr)); got != tc.want {
+			t.Errorf("WholeFamily(%s) = %q, want %q", tc.cidr, got, tc.want)
+		}
+	}
+	if got := WholeFamily(netip.Prefix{}); got != "" {
+		t.Errorf("WholeFamily(zero) = %q", got)
+	}
+}
+
+func TestRulesWarnings(t *testing.T) {
+	r, err := Parse([]byte(`rules:
+  - id: 38c466b6-dcfb-4869-b5ac-40420b786fb4
+    cidr: 1.2.3.4/32
+  - id: 5f0c7e0e-2b8a-4b7e-9a51-8c1f7d0c2a11
+    cidr: ::ffff:0.0.0.0/96
+  - id: 0b6c1c1e-8f4a-4c44-9d2e-3f1b2a4c5d6e
+    cidr: ::/0
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"the rule at line 4 (0.0.0.0/0, id 5f0c7e0e-2b8a-4b7e-9a51-8c1f7d0c2a11) admits every IPv4 address: only the client certificate keeps strangers out",
+		"the rule at line 6 (::/0, id 0b6c1c1e-8f4a-4c44-9d2e-3f1b2a4c5d6e) admits every IPv6 address: only the client certificate keeps strangers out",
+	}
+	if got := r.Warnings(); !slices.Equal(got, want) {
+		t.Errorf("Warnings() = %q\nwant %q", got, want)
+	}
+	if got := (&Rules{Rules: []Rule{{ID: id1, CIDR: netip.MustParsePrefix("1.2.3.4/32")}}}).Warnings(); got != nil {
+		t.Errorf("Warnings of a /32 = %q", got)
+	}
+}

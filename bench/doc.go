@@ -10,7 +10,8 @@
 // same client certificate; the direct paths talk TLS to the servers
 // themselves.
 //
-// Each scenario (pgbench, a bulk COPY, redis-benchmark, idle connections)
+// Each scenario (pgbench, a bulk COPY, redis-benchmark, idle connections,
+// psql and pgbench -C during a flood of idle sockets or ClientHellos)
 // runs every target in turn, rotating the order, for several rounds, and
 // reports the median throughput, latency percentiles, the proxy's CPU time
 // per transaction (from /proc/PID/stat around a fixed amount of work), its

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -29,6 +30,11 @@ type options struct {
 	keep      bool
 	timeout   time.Duration
 	render    string // results JSON to render again instead of measuring
+	save      string // base name of the result files; "" is latest or partial
+	// The flood scenario: idle sockets, psql attempts and their spacing.
+	floodSockets  int
+	floodAttempts int
+	floodEvery    time.Duration
 }
 
 func main() {
@@ -74,6 +80,10 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.keep, "keep", false, "keep the work directory (configs and logs of every process)")
 	fs.DurationVar(&o.timeout, "timeout", 30*time.Minute, "stop measuring after this long and report what was measured")
 	fs.StringVar(&o.render, "render", "", "measure nothing: read this results JSON and write its .md and .svg again beside it")
+	fs.StringVar(&o.save, "save", "", "write the results as NAME.{md,json,svg} (default latest, or partial for -quick and -only)")
+	fs.IntVar(&o.floodSockets, "flood-sockets", 2000, "flood: idle sockets held by the flooding address")
+	fs.IntVar(&o.floodAttempts, "flood-attempts", 20, "flood: psql attempts per phase and target")
+	fs.DurationVar(&o.floodEvery, "flood-every", 500*time.Millisecond, "flood: time between psql attempts")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -102,10 +112,23 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		if idle == "1000,10000" {
 			o.idleConns = []int{200, 1000}
 		}
+		o.floodSockets, o.floodAttempts = min(o.floodSockets, 500), min(o.floodAttempts, 8)
 	}
 	if o.rounds < 1 || o.runDur < time.Second/2 || o.copyMiB < 1 {
 		fmt.Fprintf(stderr, "bench: -rounds must be at least 1, -run at least 500ms, -copy-mib at least 1\n")
 		return o, errors.New("bad flags")
+	}
+	// The flood is bounded: its sockets by the descriptors every process
+	// may hold (checked again against RLIMIT_NOFILE at run time), its
+	// time by the attempts.
+	if o.floodSockets < 1 || o.floodSockets > 20000 || o.floodAttempts < 1 || o.floodAttempts > 200 ||
+		o.floodEvery < 100*time.Millisecond || o.floodEvery > 10*time.Second {
+		fmt.Fprintf(stderr, "bench: -flood-sockets must be 1-20000, -flood-attempts 1-200, -flood-every 100ms-10s\n")
+		return o, errors.New("bad flags")
+	}
+	if strings.ContainsAny(o.save, `/\.`) {
+		fmt.Fprintf(stderr, "bench: -save %q: expected a plain name such as flood-after\n", o.save)
+		return o, errors.New("bad -save")
 	}
 	return o, nil
 }
@@ -151,21 +174,31 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer) (err error) {
 		prog.logf("stopped after -timeout %v; reporting what was measured", o.timeout)
 	}
 
+	rounds := o.rounds
+	if slices.Equal(names, []string{"flood"}) {
+		rounds = 1 // the flood scenario runs one round whatever -rounds says
+	}
 	root, _ := moduleRoot()
 	res := &Results{
 		Started: started.UTC().Format(time.RFC3339),
 		Seconds: time.Since(started).Seconds(),
 		Machine: describeMachine(context.WithoutCancel(ctx), root),
-		Settings: Settings{Rounds: o.rounds, RunSeconds: o.runDur.Seconds(), Quick: o.quick, Scenarios: names,
+		Settings: Settings{Rounds: rounds, RunSeconds: o.runDur.Seconds(), Quick: o.quick, Scenarios: names,
 			CopyMiB: o.copyMiB, IdleConns: o.idleConns, FDLimit: e.fdLimit, PgbenchScale: pgScale},
 		Rows: rows,
 	}
 	res.Headlines = headlines(rows)
+	if slices.Contains(names, "flood") {
+		res.Settings.FloodSockets, res.Settings.FloodTries = min(o.floodSockets, maxIdleConns(e.fdLimit)), o.floodAttempts
+	}
 	writeMarkdown(stdout, res)
 	base := "latest"
 	if o.quick || len(o.only) > 0 {
 		// A partial run must not replace the full results kept in git.
 		base = "partial"
+	}
+	if o.save != "" {
+		base = o.save
 	}
 	if err := writeResults(out, base, res); err != nil {
 		return err
@@ -185,6 +218,7 @@ func render(path string, stdout io.Writer) error {
 	if err := json.Unmarshal(b, &r); err != nil {
 		return fmt.Errorf("reading results %s: %w", path, err)
 	}
+	compareFlood(r.Rows)
 	r.Headlines = headlines(r.Rows)
 	writeMarkdown(stdout, &r)
 	base := strings.TrimSuffix(path, filepath.Ext(path))

@@ -177,7 +177,9 @@ requireCert = yes
 `
 
 // haproxyConfig: TCP passthrough; the client speaks TLS to the server
-// itself (PostgreSQL ssl=on, Redis tls-port).
+// itself (PostgreSQL ssl=on, Redis tls-port). Like spacegate's rules, it
+// admits 127.0.0.1 only, refusing other sources at accept, which is how
+// an operator would keep the flood scenario's stranger from PostgreSQL.
 const haproxyConfig = `# written by bench
 global
     maxconn %d
@@ -191,6 +193,7 @@ defaults
 
 frontend pg
     bind %s
+    tcp-request connection reject unless { src 127.0.0.1 }
     default_backend pg
 
 backend pg
@@ -198,6 +201,7 @@ backend pg
 
 frontend redis
     bind %s
+    tcp-request connection reject unless { src 127.0.0.1 }
     default_backend redis
 
 backend redis

@@ -24,6 +24,7 @@ func tools() []tool {
 		{name: "initdb", pkg: "postgresql"},
 		{name: "postgres", pkg: "postgresql"},
 		{name: "pgbench", pkg: "postgresql-client"},
+		{name: "psql", pkg: "postgresql-client"},
 		{name: "redis-server", pkg: "redis-server"},
 		{name: "redis-benchmark", pkg: "redis-tools"},
 		{name: "stunnel", alts: []string{"stunnel4"}, pkg: "stunnel4"},

@@ -89,7 +89,7 @@ func headlines(rows []Row) []Headline {
 	vs("idle, 1k connections: RSS per connection vs stunnel (lower is better)", "idle-1k", targetStunnel, false, 0)
 	vs("idle, 10k connections: RSS per connection vs 40 KiB (lower is better)", "idle-10k", "=", false, 40)
 	vs("idle, 10k connections: RSS per connection vs stunnel (lower is better)", "idle-10k", targetStunnel, false, 0)
-	return hs
+	return append(hs, floodHeadlines(byName)...)
 }
 
 // writeMarkdown writes the results as markdown: the machine, the headline
@@ -103,9 +103,22 @@ func writeMarkdown(w io.Writer, r *Results) {
 	s := r.Settings
 	fmt.Fprintf(w, "Settings: %d round(s), targets interleaved (order rotated each round), about %.0f s per run, pgbench scale %d, RLIMIT_NOFILE %d. Took %s. Figures are medians over rounds; min–max is the spread of the main figure.\n\n",
 		s.Rounds, s.RunSeconds, s.PgbenchScale, s.FDLimit, fmtDuration(r.Seconds))
-	if len(r.Headlines) > 0 {
-		fmt.Fprintf(w, "## Issue 6 targets\n\n| figure | ratio (spacegate / other) | issue 6 target | detail |\n|---|---:|---|---|\n")
+	if s.FloodSockets > 0 {
+		fmt.Fprintf(w, "The flood scenario runs one round whatever -rounds says: for each proxy, four phases (no flood, then %d idle sockets from 127.0.0.2, the same from 127.0.0.1, and a ClientHello flood from 127.0.0.2), each on a freshly restarted proxy with %d psql attempts and a pgbench -C trickle from 127.0.0.1.\n\n",
+			s.FloodSockets, s.FloodTries)
+	}
+	for _, issue := range []int{6, 12} {
+		var hs []Headline
 		for _, h := range r.Headlines {
+			if h.Issue == issue || (issue == 6 && h.Issue == 0) {
+				hs = append(hs, h)
+			}
+		}
+		if len(hs) == 0 {
+			continue
+		}
+		fmt.Fprintf(w, "## Issue %d targets\n\n| figure | ratio (spacegate / other) | issue %d target | detail |\n|---|---:|---|---|\n", issue, issue)
+		for _, h := range hs {
 			goal := "-"
 			if h.Goal > 0 {
 				cmp, mark := ">=", "not met"
@@ -117,7 +130,7 @@ func writeMarkdown(w io.Writer, r *Results) {
 				}
 				goal = fmt.Sprintf("%s %.2f: %s", cmp, h.Goal, mark)
 			}
-			fmt.Fprintf(w, "| %s | %.2f | %s | %s |\n", h.What, h.Ratio, goal, h.Detail)
+			fmt.Fprintf(w, "| %s | %s | %s | %s |\n", h.What, ratio(h.Ratio), goal, h.Detail)
 		}
 		fmt.Fprintln(w)
 	}
@@ -129,6 +142,11 @@ func writeMarkdown(w io.Writer, r *Results) {
 				fmt.Fprintf(w, "; %s", row.Note)
 			}
 			fmt.Fprintf(w, "\n\n")
+		}
+		if row.Kind == rowKindFlood {
+			writeFloodRow(w, row)
+			fmt.Fprintln(w)
+			continue
 		}
 		lat := false
 		for _, t := range row.Targets {

@@ -24,6 +24,8 @@ type Sample struct {
 	Seconds float64 `json:"seconds"`
 	// Err says why the run failed; such a sample is left out of medians.
 	Err string `json:"error,omitempty"`
+	// Flood holds the figures of a flood phase; nil in other rows.
+	Flood *FloodFigures `json:"flood,omitempty"`
 }
 
 // TargetResult is every sample of one target in one row, and their
@@ -43,6 +45,10 @@ type TargetResult struct {
 	// CPUVsFloor is Median.CPUus divided by HAProxy's; 0 when either is
 	// missing.
 	CPUVsFloor float64 `json:"cpu_vs_haproxy,omitempty"`
+	// P50VsNoFlood and P99VsNoFlood divide a flood row's connect latency
+	// by the same target's in the no-flood row; 0 elsewhere.
+	P50VsNoFlood float64 `json:"p50_vs_no_flood,omitempty"`
+	P99VsNoFlood float64 `json:"p99_vs_no_flood,omitempty"`
 }
 
 // Row is one figure measured for every target, such as pgbench -S with 8
@@ -52,16 +58,22 @@ type Row struct {
 	Title string `json:"title"`
 	Unit  string `json:"unit"`
 	// HigherIsBetter is false for memory rows.
-	HigherIsBetter bool           `json:"higher_is_better"`
-	CPUUnit        string         `json:"cpu_unit,omitempty"`
-	Command        string         `json:"command,omitempty"`
-	Note           string         `json:"note,omitempty"`
-	BestPeer       string         `json:"best_peer,omitempty"`
-	Targets        []TargetResult `json:"targets"`
+	HigherIsBetter bool `json:"higher_is_better"`
+	// Kind is "flood" for the rows of the flood scenario, which the
+	// report lays out differently; "" for the others.
+	Kind     string         `json:"kind,omitempty"`
+	CPUUnit  string         `json:"cpu_unit,omitempty"`
+	Command  string         `json:"command,omitempty"`
+	Note     string         `json:"note,omitempty"`
+	BestPeer string         `json:"best_peer,omitempty"`
+	Targets  []TargetResult `json:"targets"`
 }
 
-// Headline is one of the ratios issue 6 asks for.
+// Headline is one of the ratios issue 6 or issue 12 asks for.
 type Headline struct {
+	// Issue is the issue whose target the headline checks: 6 (the
+	// throughput and memory targets; 0 in older results) or 12 (the flood).
+	Issue int     `json:"issue,omitempty"`
 	What  string  `json:"what"`
 	Row   string  `json:"row"`
 	Ratio float64 `json:"ratio"`
@@ -95,6 +107,50 @@ type Settings struct {
 	Scenarios    []string `json:"scenarios"`
 	CopyMiB      int      `json:"copy_mib"`
 	IdleConns    []int    `json:"idle_conns"`
+	FloodSockets int      `json:"flood_sockets,omitempty"`
+	FloodTries   int      `json:"flood_attempts,omitempty"`
 	FDLimit      uint64   `json:"fd_limit"`
 	PgbenchScale int      `json:"pgbench_scale"`
+}
+
+// FloodFigures are what one phase of the flood scenario measured besides
+// the share of psql attempts that got in (Sample.Value, in percent) and
+// their connect latency (Sample.P50ms, P99ms: the wall time of psql -c
+// 'SELECT 1', over the attempts that got in).
+type FloodFigures struct {
+	Attempts int `json:"psql_attempts"`
+	OK       int `json:"psql_ok"`
+	// LatMs are the wall times of the attempts that got in, in order.
+	LatMs []float64 `json:"psql_ms,omitempty"`
+	// Errors are distinct reasons psql gave for failed attempts, at most
+	// a few.
+	Errors []string `json:"psql_errors,omitempty"`
+	// The pgbench -C trickle: connections made and per second, pgbench's
+	// average connection time, clients it aborted on a failed connection,
+	// and why it measured nothing, if it did not.
+	PgbenchConns    int64   `json:"pgbench_conns"`
+	PgbenchConnPerS float64 `json:"pgbench_conn_per_s"`
+	PgbenchConnMs   float64 `json:"pgbench_conn_ms,omitempty"`
+	PgbenchAborted  int     `json:"pgbench_aborted_clients"`
+	PgbenchErr      string  `json:"pgbench_error,omitempty"`
+	// CPUPercent is the proxy's CPU time over the phase's wall time, in
+	// percent of one core; RSS its VmRSS at the end, flood still on.
+	CPUPercent float64 `json:"proxy_cpu_percent"`
+	RSS        int64   `json:"proxy_rss_bytes"`
+	// Held is the mean number of flood sockets open as the flooder sees
+	// them; OpensPerS how many it opened a second (reopening those the
+	// proxy closed); HandshakesPerS how many server flights a ClientHello
+	// flood received a second.
+	Held           float64 `json:"flood_open,omitempty"`
+	OpensPerS      float64 `json:"flood_opens_per_s,omitempty"`
+	HandshakesPerS float64 `json:"flood_handshakes_per_s,omitempty"`
+	// DialErrsPerS is how many flood dials failed a second (refused, or
+	// timed out in a full accept queue).
+	DialErrsPerS float64 `json:"flood_dial_errors_per_s,omitempty"`
+	// LogBytes is how much the proxy wrote to its log over the phase:
+	// a flood must not be able to fill the disk.
+	LogBytes int64 `json:"proxy_log_bytes"`
+	// Load is the machine's 1-minute load average at the phase's end: on
+	// a shared machine, what the other figures were measured under.
+	Load float64 `json:"loadavg_1m,omitempty"`
 }

@@ -24,12 +24,17 @@ type scenario struct {
 	// so that each measured run lasts about the run duration.
 	calibrate func(context.Context, *env, *target) error
 	run       func(context.Context, *env, *target) (map[string]Sample, error)
+	// rounds, when not 0, replaces -rounds for this scenario.
+	rounds int
+	// finish, when set, fills figures that compare the scenario's rows
+	// with one another.
+	finish func([]Row)
 }
 
 // scenarioNames lists every scenario in the order they run.
 func scenarioNames() []string {
 	return []string{"pg-select-8", "pg-select-64", "pg-tpcb-8", "pg-tpcb-64", "pg-connect-8",
-		"pg-copy", "redis-c50", "redis-p16", "redis-k0", "idle-1k", "idle-10k"}
+		"pg-copy", "redis-c50", "redis-p16", "redis-k0", "idle-1k", "idle-10k", "flood"}
 }
 
 // selectScenarios returns the names in only (or every scenario when only
@@ -85,6 +90,8 @@ func buildScenario(name string, o options, fdLimit uint64) *scenario {
 		return idleScenario(name, o.idleConns[0])
 	case "idle-10k":
 		return idleScenario(name, min(o.idleConns[1], maxIdleConns(fdLimit)))
+	case "flood":
+		return floodScenario(name, floodOptions{sockets: min(o.floodSockets, maxIdleConns(fdLimit)), attempts: o.floodAttempts, every: o.floodEvery})
 	}
 	panic("unknown scenario " + name)
 }
@@ -260,7 +267,7 @@ func runScenarios(ctx context.Context, e *env, names []string, o options, prog *
 				n++
 			}
 		}
-		total += n * o.rounds
+		total += n * sc.roundsOf(o)
 		if sc.calibrate != nil {
 			total++
 		}
@@ -300,13 +307,14 @@ func runScenario(ctx context.Context, e *env, sc *scenario, o options, prog *pro
 		prog.step("%s: calibrating on %s", sc.name, cal.name)
 		calibErr = sc.calibrate(ctx, e, cal)
 	}
-	for round := range o.rounds {
+	rounds := sc.roundsOf(o)
+	for round := range rounds {
 		for i := range targets {
 			if ctx.Err() != nil {
 				break
 			}
 			t := targets[(i+round)%len(targets)]
-			prog.step("%s: round %d/%d, %s", sc.name, round+1, o.rounds, t.name)
+			prog.step("%s: round %d/%d, %s", sc.name, round+1, rounds, t.name)
 			var got map[string]Sample
 			err := calibErr
 			if err == nil {
@@ -334,7 +342,18 @@ func runScenario(ctx context.Context, e *env, sc *scenario, o options, prog *pro
 		compare(&row)
 		rows = append(rows, row)
 	}
+	if sc.finish != nil {
+		sc.finish(rows)
+	}
 	return rows
+}
+
+// roundsOf is how many rounds the scenario runs with options o.
+func (sc *scenario) roundsOf(o options) int {
+	if sc.rounds > 0 {
+		return sc.rounds
+	}
+	return o.rounds
 }
 
 // summarize takes the median of every field over the good samples.
@@ -358,7 +377,7 @@ func summarize(t *target, samples []Sample) TargetResult {
 		return r
 	}
 	r.Median = Sample{Value: median(val), P50ms: median(p50), P99ms: median(p99), CPUus: median(cpu),
-		PeakRSS: int64(median(rss)), Ops: int64(median(ops)), Seconds: median(secs)}
+		PeakRSS: int64(median(rss)), Ops: int64(median(ops)), Seconds: median(secs), Flood: summarizeFlood(samples)}
 	r.Min, r.Max = slices.Min(val), slices.Max(val)
 	return r
 }

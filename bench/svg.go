@@ -62,7 +62,9 @@ func writeSVG(w io.Writer, r *Results) error {
 		}
 		title += ")"
 		p(`<text x="%d" y="%d" font-weight="bold">%s</text>`+"\n", svgLabelX, y+15, esc(title))
-		if row.CPUUnit != "" {
+		if row.Kind == rowKindFlood {
+			p(`<text x="%d" y="%d" fill="#555">proxy CPU, %% of a core</text>`+"\n", svgCPUX0, y+15)
+		} else if row.CPUUnit != "" {
 			p(`<text x="%d" y="%d" fill="#555">proxy CPU %s</text>`+"\n", svgCPUX0, y+15, esc(row.CPUUnit))
 		}
 		y += svgTitleH
@@ -70,7 +72,7 @@ func writeSVG(w io.Writer, r *Results) error {
 		for _, t := range row.Targets {
 			if t.Median.Err == "" {
 				maxV = math.Max(maxV, t.Median.Value)
-				maxCPU = math.Max(maxCPU, t.Median.CPUus)
+				maxCPU = math.Max(maxCPU, cpuFigure(t))
 			}
 		}
 		for _, t := range row.Targets {
@@ -94,10 +96,10 @@ func writeSVG(w io.Writer, r *Results) error {
 				label += fmt.Sprintf("  (%.2f× best peer)", t.VsBestPeer)
 			}
 			p(`<text x="%.1f" y="%d">%s</text>`+"\n", float64(svgValueX0)+bw+5, y+svgBarH-3, esc(label))
-			if t.Median.CPUus > 0 && maxCPU > 0 {
-				cw := t.Median.CPUus / maxCPU * svgCPUW
+			if cpu := cpuFigure(t); cpu > 0 && maxCPU > 0 {
+				cw := cpu / maxCPU * svgCPUW
 				p(`<rect x="%d" y="%d" width="%.1f" height="%d" fill="%s" opacity="0.7"/>`+"\n", svgCPUX0, y, cw, svgBarH, targetColor(t.Target))
-				p(`<text x="%.1f" y="%d">%s</text>`+"\n", float64(svgCPUX0)+cw+5, y+svgBarH-3, esc(num(t.Median.CPUus)))
+				p(`<text x="%.1f" y="%d">%s</text>`+"\n", float64(svgCPUX0)+cw+5, y+svgBarH-3, esc(num(cpu)))
 			}
 			y += svgBarH + svgBarGap
 		}
@@ -108,3 +110,12 @@ func writeSVG(w io.Writer, r *Results) error {
 }
 
 func esc(s string) string { return html.EscapeString(s) }
+
+// cpuFigure is what the right-hand bar of a target shows: the proxy's CPU
+// per unit of work, or in a flood row its CPU in percent of a core.
+func cpuFigure(t TargetResult) float64 {
+	if t.Median.Flood != nil {
+		return t.Median.Flood.CPUPercent
+	}
+	return t.Median.CPUus
+}

@@ -2,10 +2,13 @@ package proxy
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/pprof"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -83,7 +86,12 @@ func (s *Server) isReady() bool {
 	}
 }
 
-func (s *Server) adminHandler(withPprof bool) http.Handler {
+// adminOpen are the paths served without the admin token: the probes of
+// orchestrators and load balancers, which cannot send one and learn
+// nothing from them.
+var adminOpen = map[string]bool{"/healthz": true, "/readyz": true}
+
+func (s *Server) adminHandler(withPprof, public bool) http.Handler {
 	mux := http.NewServeMux()
 	if withPprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
@@ -109,26 +117,66 @@ func (s *Server) adminHandler(withPprof bool) http.Handler {
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(s.Status())
 	})
-	return mux
+	return s.requireToken(mux, public)
+}
+
+// requireToken serves every path but the probes only to a request that
+// carries the admin token of the snapshot in force, so that a reload
+// picks up a new token. Without a token file the endpoint is open, but
+// only on a loopback address: public says the address is not, and then a
+// missing token (a reload that dropped admin.token_file while the
+// listener kept its address) refuses everything rather than open up.
+func (s *Server) requireToken(next http.Handler, public bool) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if adminOpen[r.URL.Path] {
+			next.ServeHTTP(w, r)
+			return
+		}
+		want := s.Snapshot().adminToken
+		if want == nil && !public {
+			next.ServeHTTP(w, r)
+			return
+		}
+		if want == nil || !bearerMatches(r.Header.Get("Authorization"), want) {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="spacegate admin"`)
+			http.Error(w, "spacegate admin: send the token of admin.token_file as Authorization: Bearer TOKEN", http.StatusUnauthorized)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// bearerMatches reports whether the Authorization header carries want. The
+// comparison is of SHA-256 digests in constant time, so that neither the
+// token's bytes nor its length show in the time taken.
+func bearerMatches(header string, want []byte) bool {
+	scheme, got, ok := strings.Cut(header, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return false
+	}
+	g := sha256.Sum256([]byte(strings.TrimSpace(got)))
+	w := sha256.Sum256(want)
+	return subtle.ConstantTimeCompare(g[:], w[:]) == 1
 }
 
 func (s *Server) startAdmin(ac AdminConfig) error {
-	addr := ac.Listen
-	if addr == "" {
+	if ac.Listen == "" {
 		return nil
 	}
+	addr := adminListenAddr(ac.Listen)
 	// SO_REUSEPORT like the routes, so that a new process can start with
 	// the same config beside the old one during an upgrade.
 	ln, err := listen(addr)
 	if err != nil {
 		return fmt.Errorf("admin: cannot listen on %s: %w", addr, err)
 	}
-	srv := &http.Server{Handler: s.adminHandler(ac.Pprof), ReadHeaderTimeout: 5 * time.Second}
+	public := !isLoopbackListen(ln.Addr().String())
+	srv := &http.Server{Handler: s.adminHandler(ac.Pprof, public), ReadHeaderTimeout: 5 * time.Second}
 	s.mu.Lock()
 	s.admin = srv
 	s.adminAddr = ln.Addr()
 	s.mu.Unlock()
-	s.log.Info("admin listening", zap.String("listen", ln.Addr().String()))
+	s.log.Info("admin listening", zap.String("listen", ln.Addr().String()), zap.Bool("token", s.Snapshot().adminToken != nil))
 	go func() { _ = srv.Serve(ln) }()
 	return nil
 }

@@ -43,7 +43,7 @@ func (c *conn) admit() error {
 		var ve *tlsconf.VerifyError
 		if errors.As(err, &ve) {
 			c.identity = ve.Identity
-			return &Refusal{Reason: certReason(ve.Reason), Msg: ve.Error(), Err: ve.Err}
+			return &Refusal{Reason: certReason(ve.Reason), Msg: ve.Error(), Hint: c.certHint(ve.Reason), Err: ve.Err}
 		}
 		return refuse(ReasonCertUntrusted, "client certificate could not be verified", err)
 	}
@@ -57,11 +57,23 @@ func (c *conn) admit() error {
 		return &Refusal{Reason: ReasonRouteDisabled, Msg: fmt.Sprintf("route %s is disabled by its operator", c.route.Name),
 			Hint: "the route accepts connections again once it is enabled"}
 	}
-	if ref := c.srv.limits.acquire(c.snap.Config.Limits, c.route, c.src.Addr()); ref != nil {
+	if ref := c.srv.limits.acquire(c.snap.Config.Limits, c.route, c.src.Addr(), c.identity.Serial); ref != nil {
 		return ref
 	}
 	c.admitted = true
 	return nil
+}
+
+// certHint tells a client without a certificate how to present one, in
+// the terms of the route's protocol.
+func (c *conn) certHint(r tlsconf.Reason) string {
+	switch {
+	case r != tlsconf.ReasonCertMissing:
+		return ""
+	case c.lis.Protocol == ProtocolRedis:
+		return redisCertHint
+	}
+	return "libpq: set sslcert and sslkey, or PGSSLCERT and PGSSLKEY; a wrong path is silently ignored by libpq"
 }
 
 // recheck returns why the connection may no longer live under snap, or nil.

@@ -5,9 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -16,6 +16,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/spacegate/spacegate/internal/safefile"
 	"github.com/spacegate/spacegate/tlsconf"
 )
 
@@ -39,7 +40,13 @@ type Config struct {
 
 // AdminConfig is the admin HTTP endpoint. An empty Listen disables it.
 type AdminConfig struct {
+	// Listen is host:port. An empty host (":9187") means 127.0.0.1. Any
+	// address that is not loopback needs TokenFile.
 	Listen string `yaml:"listen"`
+	// TokenFile holds the bearer token that /metrics, /v1/ and
+	// /debug/pprof/ require (see readTokenFile for its rules); /healthz and
+	// /readyz stay open for probes.
+	TokenFile string `yaml:"token_file"`
 	// Pprof serves Go's profiler under /debug/pprof/ on the admin address.
 	// Off by default: profiles show internals to whoever reaches it.
 	Pprof bool `yaml:"pprof"`
@@ -83,13 +90,20 @@ type ProxyProtocolConfig struct {
 type LimitsConfig struct {
 	MaxConnections int `yaml:"max_connections"` // default 10000
 	// MaxConnectionsPerSource caps admitted connections per client address
-	// (after PROXY protocol). Zero means no cap: offices behind one NAT
-	// address are common.
+	// (after PROXY protocol), so that one source cannot take every slot.
+	// Default: a quarter of MaxConnections, at least 64 (offices behind one
+	// NAT address are common), at most MaxConnections.
 	MaxConnectionsPerSource int `yaml:"max_connections_per_source"`
+	// MaxConnectionsPerCertificate caps admitted connections per client
+	// certificate (by serial), with the same default.
+	MaxConnectionsPerCertificate int `yaml:"max_connections_per_certificate"`
 	// MaxPending caps connections accepted but not yet admitted or refused
-	// (in handshake); beyond it new connections are closed at once. Default
-	// 1000.
-	MaxPending             int           `yaml:"max_pending"`
+	// (in handshake). When it is reached, the pending connection that has
+	// made the least progress is closed to make room. Default 1000.
+	MaxPending int `yaml:"max_pending"`
+	// MaxPendingPerSource is the same bound per source address (an IPv6
+	// /64), so that one source's idle sockets evict its own. Default 100.
+	MaxPendingPerSource    int           `yaml:"max_pending_per_source"`
 	HandshakeTimeout       time.Duration `yaml:"handshake_timeout"`        // default 10s
 	UpstreamConnectTimeout time.Duration `yaml:"upstream_connect_timeout"` // default 5s
 	DrainTimeout           time.Duration `yaml:"drain_timeout"`            // default 30s
@@ -121,8 +135,10 @@ type RouteConfig struct {
 	UpstreamServerName string `yaml:"upstream_server_name"` // name to verify; default: the upstream's host
 	IPRulesFile        string `yaml:"ip_rules_file"`
 	MaxIPRules         int    `yaml:"max_ip_rules"` // default 60
-	// MaxConnections caps the route's admitted connections; zero means only
-	// the gate's limits.max_connections applies.
+	// MaxConnections caps the route's admitted connections. Zero means
+	// three quarters of limits.max_connections when the gate has several
+	// routes, so that one cannot starve the others; with one route, only
+	// limits.max_connections applies.
 	MaxConnections int `yaml:"max_connections"`
 	// AllowedClients are the client identities the route accepts: "*" (any
 	// certificate of the space CA), or "cn:GLOB", "dns:GLOB", "uri:GLOB"
@@ -159,7 +175,19 @@ const (
 	DefaultDrainTimeout           = 30 * time.Second
 	DefaultMaxIPRules             = 60
 	DefaultMaxPending             = 1000
+	DefaultMaxPendingPerSource    = 100
 )
+
+// defaultShareOf is the default cap per source and per certificate: a
+// quarter of the gate's max_connections, at least 64, at most all of it.
+func defaultShareOf(maxConnections int) int {
+	return min(maxConnections, max(maxConnections/4, 64))
+}
+
+// MaxMaxIPRules is the largest max_ip_rules accepted: a rules file of that
+// many rules fits under safefile.Rules (64 MiB) with room for long
+// descriptions.
+const MaxMaxIPRules = 200_000
 
 // IsEnabled reports whether the route accepts connections.
 func (r *RouteConfig) IsEnabled() bool { return r.Enabled == nil || *r.Enabled }
@@ -225,15 +253,25 @@ func Problems(err error) []error {
 // each naming file and line, joined with errors.Join. It does not open the
 // files the config names; Build does.
 func LoadConfig(path string) (*Config, error) {
-	data, err := os.ReadFile(path)
+	data, err := readConfig(path)
 	if err != nil {
-		return nil, fmt.Errorf("reading config: %w", err)
+		return nil, err
 	}
 	cfg, err := ParseConfig(data, path)
 	if err != nil {
 		return nil, err
 	}
 	return cfg, nil
+}
+
+// readConfig reads the config file at path under [safefile.Config]: a
+// FIFO, a device or a directory given as the config fails at once.
+func readConfig(path string) ([]byte, error) {
+	data, err := safefile.ReadFile(path, safefile.Config)
+	if _, ok := errors.AsType[*fs.PathError](err); ok {
+		return nil, fmt.Errorf("reading config: %w", err)
+	}
+	return data, err // the error names the file
 }
 
 // ParseConfig decodes and validates data as a config file named file.
@@ -250,9 +288,9 @@ func ParseConfig(data []byte, file string) (*Config, error) {
 // it goes on to the named files even when the config itself has problems,
 // so that one run of `spacegate check` lists them all.
 func Check(path string) (*Snapshot, error) {
-	data, err := os.ReadFile(path)
+	data, err := readConfig(path)
 	if err != nil {
-		return nil, fmt.Errorf("reading config: %w", err)
+		return nil, err
 	}
 	cfg, cfgErr := parseConfig(data, path)
 	if cfg == nil {
@@ -282,6 +320,7 @@ func parseConfig(data []byte, file string) (*Config, error) {
 		}
 		decodeErr = yamlProblems(file, err)
 	}
+	cfg.trimServerNameDots()
 	v := validator{file: file, root: &root}
 	cfg.validate(&v)
 	cfg.resolvePaths()
@@ -379,11 +418,7 @@ func (c *Config) validate(v *validator) {
 	default:
 		v.addf([]any{"log", "format"}, "log.format %q is not one of json, console", c.Log.Format)
 	}
-	if c.Admin.Listen != "" {
-		if err := checkHostPort(c.Admin.Listen); err != nil {
-			v.addf([]any{"admin", "listen"}, "admin.listen: %v", err)
-		}
-	}
+	c.Admin.validate(v)
 	for i, s := range c.ProxyProtocol.TrustedCIDRs {
 		if _, err := netip.ParsePrefix(s); err != nil {
 			v.addf([]any{"proxy_protocol", "trusted_cidrs", i}, "proxy_protocol.trusted_cidrs: %q is not a CIDR block such as 10.0.0.0/8", s)
@@ -413,11 +448,30 @@ func (c *Config) validate(v *validator) {
 	if l.MaxConnections == 0 {
 		l.MaxConnections = DefaultMaxConnections
 	}
-	if l.MaxPending < 0 || l.MaxConnectionsPerSource < 0 {
-		v.addf([]any{"limits"}, "limits.max_pending and limits.max_connections_per_source must not be negative")
+	for _, n := range []struct {
+		key string
+		val *int
+		def int
+	}{
+		{"max_pending", &l.MaxPending, DefaultMaxPending},
+		{"max_pending_per_source", &l.MaxPendingPerSource, DefaultMaxPendingPerSource},
+		{"max_connections_per_source", &l.MaxConnectionsPerSource, defaultShareOf(l.MaxConnections)},
+		{"max_connections_per_certificate", &l.MaxConnectionsPerCertificate, defaultShareOf(l.MaxConnections)},
+	} {
+		if *n.val < 0 {
+			v.addf([]any{"limits", n.key}, "limits.%s must not be negative, got %d", n.key, *n.val)
+		}
+		if *n.val == 0 {
+			*n.val = n.def
+		}
 	}
-	if l.MaxPending == 0 {
-		l.MaxPending = DefaultMaxPending
+	if len(c.Routes) > 1 {
+		// So that one route cannot starve the others: each keeps a quarter.
+		for i := range c.Routes {
+			if c.Routes[i].MaxConnections == 0 {
+				c.Routes[i].MaxConnections = max(1, l.MaxConnections*3/4)
+			}
+		}
 	}
 	c.TLS.validate(v, []any{"tls"}, "tls")
 	if c.PKI.TrustDomain == "" {
@@ -497,8 +551,14 @@ func (c *Config) validate(v *validator) {
 		if r.IPRulesFile == "" {
 			v.addf([]any{"routes", i}, "route %q has no ip_rules_file: every route needs one (an empty rules list allows nobody)", r.Name)
 		}
+		if r.MaxConnections < 0 {
+			v.addf(at("max_connections"), "route %q: max_connections must not be negative, got %d", r.Name, r.MaxConnections)
+		}
 		if r.MaxIPRules < 0 {
 			v.addf(at("max_ip_rules"), "route %q: max_ip_rules must be positive, got %d", r.Name, r.MaxIPRules)
+		} else if r.MaxIPRules > MaxMaxIPRules {
+			v.addf(at("max_ip_rules"), "route %q: max_ip_rules is at most %d (a rules file is read up to %d MiB), got %d",
+				r.Name, MaxMaxIPRules, safefile.Rules.Max>>20, r.MaxIPRules)
 		} else if r.MaxIPRules == 0 {
 			r.MaxIPRules = DefaultMaxIPRules
 		}
@@ -586,6 +646,17 @@ func (c *Config) validateListeners(v *validator) {
 	}
 }
 
+// trimServerNameDots drops the trailing dot of fully qualified server
+// names ("db.example.com."): SNI never carries it, so every comparison of
+// names is made without it.
+func (c *Config) trimServerNameDots() {
+	for i := range c.Routes {
+		for j, n := range c.Routes[i].ServerNames {
+			c.Routes[i].ServerNames[j] = strings.TrimSuffix(n, ".")
+		}
+	}
+}
+
 // validServerName reports whether s is a DNS name, or *. followed by one.
 func validServerName(s string) bool {
 	s = strings.TrimPrefix(s, "*.")
@@ -623,7 +694,7 @@ func checkHostPort(addr string) error {
 		return fmt.Errorf("%q: port %q is not a number from 1 to 65535", addr, port)
 	}
 	if host == "" {
-		return fmt.Errorf("%q has no host: write 0.0.0.0:%s to listen on every address", addr, port)
+		return fmt.Errorf("%q has no host: write 0.0.0.0:%s for every IPv4 address, [::]:%s for every IPv6 address", addr, port, port)
 	}
 	return nil
 }
@@ -647,6 +718,7 @@ func (c *Config) resolvePaths() {
 	}
 	absTLS(&c.TLS)
 	abs(&c.PKI.Dir)
+	abs(&c.Admin.TokenFile)
 	for i := range c.Routes {
 		r := &c.Routes[i]
 		abs(&r.IPRulesFile)

@@ -63,6 +63,8 @@ routes:
 		{"no tls files", "routes:\n  - name: db\n    protocol: postgres\n    listen: 127.0.0.1:1\n    upstream: 127.0.0.1:2\n    ip_rules_file: r\n",
 			[]string{`route "db" has no tls.cert_file`, `route "db" has no tls.client_ca_file`}},
 		{"no routes", "admin:\n  listen: 127.0.0.1:9187\n", []string{"no routes"}},
+		{"max_ip_rules past what a rules file can hold", minimalConfig + "    max_ip_rules: 200001\n",
+			[]string{`c.yaml:11: route "db": max_ip_rules is at most 200000 (a rules file is read up to 64 MiB), got 200001`}},
 		{"bad min_version", "tls:\n  min_version: \"1.0\"\n" + strings.TrimPrefix(minimalConfig, "tls:\n"), []string{`c.yaml:2: tls.min_version "1.0"`}},
 		{"bad log level", "log:\n  level: loud\n" + minimalConfig, []string{`c.yaml:2: log.level "loud"`}},
 		{"not yaml", "routes: [\n", []string{"c.yaml:"}},

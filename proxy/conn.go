@@ -99,9 +99,9 @@ type conn struct {
 	pgDB      string
 	startup   []byte // the PostgreSQL StartupMessage to forward, unchanged
 	cancel    bool
-	admitted  bool // holds connection-limit slots
-	pending   bool // counted in Server.pending: accepted, not yet admitted
-	released  bool // release has run
+	admitted  bool          // holds connection-limit slots
+	pend      *pendingEntry // in the pending pool: accepted, not yet admitted; nil after
+	released  bool          // release has run
 	bytesUp   int64
 	bytesDown int64
 }
@@ -114,6 +114,9 @@ func (c *conn) serve(ctx context.Context) (handedOff bool) {
 	err := c.run(ctx)
 	if err == errHandedOff {
 		return true
+	}
+	if c.pend != nil && c.pend.evicted.Load() {
+		err = evictedRefusal() // its socket was closed under it: that is why it failed
 	}
 	c.finish(err)
 	return false
@@ -143,10 +146,13 @@ func (c *conn) run(ctx context.Context) error {
 		return err
 	}
 	c.phase = PhaseCheck
+	c.advance(progressChecking)
 	if err := c.admit(); err != nil {
 		return err
 	}
-	c.leavePending()
+	if c.leavePending() {
+		return evictedRefusal()
+	}
 	c.srv.hook(c, hookAdmitted)
 	c.phase = PhaseDial
 	// Listed first, then compared with the snapshot in force: a reload that
@@ -181,12 +187,28 @@ func (c *conn) run(ctx context.Context) error {
 	return c.splice()
 }
 
-// leavePending stops counting the connection as in handshake.
-func (c *conn) leavePending() {
-	if c.pending {
-		c.pending = false
-		c.srv.pending.Add(-1)
+// leavePending takes the connection off the pending pool, and reports
+// whether the pool had evicted it meanwhile.
+func (c *conn) leavePending() (evicted bool) {
+	if c.pend == nil {
+		return false
 	}
+	e := c.pend
+	c.pend = nil
+	return c.srv.pool.remove(e)
+}
+
+// advance records the connection's progress in the pending pool.
+func (c *conn) advance(p progress) {
+	if c.pend != nil {
+		c.srv.pool.advance(c.pend, p)
+	}
+}
+
+// evictedRefusal ends a connection evicted from a full pending pool. Its
+// socket is closed: nothing more can be told.
+func evictedRefusal() *Refusal {
+	return &Refusal{Reason: ReasonPendingEvicted, Msg: "evicted from the full pending pool, having made the least progress", quiet: true}
 }
 
 // armExpiry schedules the cut of the connection at its certificate's
@@ -206,6 +228,12 @@ func (c *conn) armExpiry() {
 // the peer may send one and does.
 func (c *conn) readFirstByte() (byte, error) {
 	var b [1]byte
+	if c.pend != nil {
+		if err := waitReadable(c.nc); err != nil {
+			return 0, err
+		}
+		c.advance(progressStarted)
+	}
 	if _, err := io.ReadFull(c.nc, b[:]); err != nil {
 		return 0, err
 	}
@@ -231,11 +259,34 @@ func (c *conn) readFirstByte() (byte, error) {
 			fmt.Sprintf("PROXY protocol header from %s, which is not in proxy_protocol.trusted_cidrs", c.peer.Addr()), nil)
 	} else if ok {
 		c.src = src
+		if err := c.screenProxied(); err != nil {
+			return 0, err
+		}
 	}
 	if _, err := io.ReadFull(c.nc, b[:]); err != nil {
 		return 0, err
 	}
 	return b[0], nil
+}
+
+// screenProxied applies to a client behind a trusted proxy, once its
+// header has named it, what accept applies to the others: its source's
+// bound on pending connections, and a close before TLS if no route of the
+// listener allows it while the pool is under pressure or its courtesy is
+// spent.
+func (c *conn) screenProxied() error {
+	lim := c.snap.Config.Limits
+	if c.pend != nil {
+		for _, v := range c.srv.pool.setSource(c.pend, c.src.Addr(), lim.MaxPendingPerSource) {
+			closeEvicted(v)
+		}
+	}
+	src := c.src.Addr()
+	if (c.srv.pool.pressure(lim.MaxPending) || c.srv.refusals.courtesySpent(src)) && !c.lis.allows(src) {
+		return &Refusal{Reason: ReasonIPNotAllowedPreTLS, quiet: true,
+			Msg: fmt.Sprintf("source address %s is allowed by no route of %s; closed before TLS under load", src, c.lis.Addr)}
+	}
+	return nil
 }
 
 // routeName names the connection's route for logs and metrics before and
@@ -257,20 +308,23 @@ func (c *conn) routeName() string {
 // client can be told which names are served.
 func (c *conn) startTLS(ctx context.Context, prefix []byte) error {
 	c.phase = PhaseHandshake
-	raw := c.nc
-	if len(prefix) > 0 {
-		raw = &prefixConn{Conn: c.nc, prefix: prefix}
+	raw, err := c.peekClientHello(prefix)
+	if err != nil {
+		return err
 	}
-	cfg := c.lis.Routes[0].TLS
-	if c.lis.Shared() {
-		cfg = &tls.Config{GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-			c.sni = hello.ServerName
-			if c.route = c.lis.Route(hello.ServerName); c.route != nil {
-				return c.route.TLS, nil
-			}
-			return c.lis.Routes[0].TLS, nil
-		}}
-	}
+	// Called once the whole ClientHello has arrived: the progress that
+	// tells a real client from a socket that trickles or stalls.
+	cfg := &tls.Config{GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+		c.advance(progressHello)
+		if !c.lis.Shared() {
+			return c.route.TLS, nil
+		}
+		c.sni = hello.ServerName
+		if c.route = c.lis.Route(hello.ServerName); c.route != nil {
+			return c.route.TLS, nil
+		}
+		return c.lis.Routes[0].TLS, nil
+	}}
 	c.fd = newFdConn(raw)
 	tc := tls.Server(c.fd, cfg)
 	c.tlsConn = tc
@@ -375,7 +429,7 @@ func (c *conn) release() {
 	c.srv.conns.remove(c)
 	c.leavePending()
 	if c.admitted {
-		c.srv.limits.release(c.route.Name, c.src.Addr())
+		c.srv.limits.release(c.route.Name, c.src.Addr(), c.identity.Serial)
 	}
 	if c.phase == PhaseSplice {
 		c.srv.metrics.active.WithLabelValues(c.route.Name).Dec()
@@ -479,7 +533,9 @@ func (c *conn) audit(ref *Refusal) {
 		if ref.Err != nil {
 			fields = append(fields, zap.Error(ref.Err))
 		}
-		c.srv.log.Warn("connection refused", fields...)
+		if c.srv.refusals.note(c.src.Addr(), ref.Reason, !c.lis.allows(c.src.Addr())) {
+			c.srv.log.Warn("connection refused", fields...)
+		}
 	default:
 		m.closed.WithLabelValues(c.routeName()).Inc()
 		m.duration.WithLabelValues(c.routeName()).Observe(time.Since(c.start).Seconds())

@@ -57,7 +57,7 @@ func TestSNIRouting(t *testing.T) {
 	certA, keyA := serverCert(t, pki, "a", "db-a.test")
 	certB, keyB := serverCert(t, pki, "b", "db-b.test", "*.b.test")
 	addr := testenv.FreeAddr(t)
-	e := newEnv(t, envOptions{pki: pki, routes: fmt.Sprintf(`  - name: a
+	newEnv(t, envOptions{pki: pki, routes: fmt.Sprintf(`  - name: a
     protocol: postgres
     listen: %[1]s
     server_names: [db-a.test]
@@ -113,8 +113,9 @@ func TestSNIRouting(t *testing.T) {
 		}
 		done := make(chan error, 1)
 		go func() { done <- cmd.Wait() }()
-		waitFor(t, 10*time.Second, "the session to splice", func() bool { return len(e.srv.Status().Connections) == 1 })
-		time.Sleep(200 * time.Millisecond) // let pg_sleep start upstream
+		// psql installs its SIGINT handler only after connecting: signalled
+		// before the query runs, it would die of the signal.
+		waitFor(t, 10*time.Second, "pg_sleep to run on b", func() bool { return sleepingOn(t, pgB) == 1 })
 		cmd.Process.Signal(syscall.SIGINT)
 		select {
 		case <-done:

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/pires/go-proxyproto"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
@@ -142,6 +143,13 @@ func FuzzReadProxyHeader(f *testing.F) {
 			if want := 16 + int(binary.BigEndian.Uint16(data[14:16])); consumed != want {
 				t.Fatalf("v2 header consumed %d bytes, announces %d", consumed, want)
 			}
+			// An accepted header's TLVs split cleanly, by go-proxyproto's
+			// own reading of the lengths.
+			if fam := int(data[13] >> 4); fam < len(v2AddrLen) && 16+v2AddrLen[fam] <= consumed {
+				if _, err := proxyproto.SplitTLVs(data[16+v2AddrLen[fam] : consumed]); err != nil {
+					t.Fatalf("accepted a header whose TLVs do not split: %v", err)
+				}
+			}
 		}
 		if ok && (!src.IsValid() || src.Addr().Is4In6() || src.Addr().Zone() != "") {
 			t.Fatalf("source %v: want a valid address, unmapped and without zone", src)
@@ -183,6 +191,7 @@ type serveFuzz struct {
 	srv  *Server
 	ln   net.Listener
 	logs *observer.ObservedLogs // errors only
+	runs int
 	// listen addresses as configured: PostgreSQL, Redis, and a PostgreSQL
 	// address shared by two routes
 	pg, redis, shared string
@@ -249,6 +258,12 @@ func (h *serveFuzz) panics(t *testing.T) float64 {
 	return 0
 }
 
+// disallowedSource returns the n-th loopback address in no rule of the
+// fuzz targets (127.0.0.4-127.0.0.254). Spread over many sources, their
+// strangers stay mostly short of the courtesy bound (courtesyRefusals a
+// window), past which a stranger is closed before TLS.
+func disallowedSource(n int) string { return fmt.Sprintf("127.0.0.%d", 4+n%251) }
+
 // FuzzServe runs a connection's serve, from accept to finish, on a real
 // loopback socket whose client sends the fuzzed bytes and half-closes, so
 // that any first bytes reach the refusal path (finish, tellClient,
@@ -256,7 +271,7 @@ func (h *serveFuzz) panics(t *testing.T) float64 {
 // PROXY-trusted address. serve must return within its bounds and release
 // everything, and what the client reads must be a well-formed refusal in
 // its protocol: RESP error lines for Redis; for PostgreSQL at most one 'N',
-// then TLS after an 'S', or else at most one FATAL ErrorResponse.
+// then TLS, or else at most one FATAL ErrorResponse.
 func FuzzServe(f *testing.F) {
 	h := newServeFuzz(f)
 	ssl, gssenc := startupPacket(codeSSLRequest, nil), startupPacket(codeGSSENCRequest, nil)
@@ -288,7 +303,8 @@ func FuzzServe(f *testing.F) {
 	f.Fuzz(func(t *testing.T, route, src uint8, interactive bool, data []byte) {
 		addr := []string{h.pg, h.redis, h.shared}[route%3]
 		redis := addr == h.redis
-		from := []string{"127.0.0.1", "127.0.0.2", "127.0.0.3"}[src%3]
+		from := []string{"127.0.0.1", disallowedSource(h.runs), "127.0.0.3"}[src%3]
+		h.runs++
 		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}, Timeout: 5 * time.Second}
 		nc, err := d.Dial("tcp", h.ln.Addr().String())
 		if err != nil {
@@ -325,13 +341,9 @@ func FuzzServe(f *testing.F) {
 			rest, err := io.ReadAll(io.LimitReader(nc, 1<<20))
 			answered <- answer{append(out, rest...), err}
 		}()
-		h.srv.pending.Add(1)
-		h.srv.wg.Add(1)
-		served := make(chan struct{})
-		go func() { h.srv.serveConn(context.Background(), addr, sc); close(served) }()
-		select {
-		case <-served:
-		case <-time.After(10 * time.Second):
+		// As the accept loop does, which may close it before TLS.
+		h.srv.accepted(context.Background(), addr, sc)
+		if !waitTimeout(&h.srv.wg, 10*time.Second) {
 			t.Fatal("serve still running after 10s")
 		}
 		a := <-answered

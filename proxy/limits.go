@@ -7,23 +7,25 @@ import (
 )
 
 // limiter counts admitted connections against max_connections, each
-// route's max_connections and max_connections_per_source. One mutex guards
-// all three so that a connection takes its slots together or not at all;
+// route's max_connections, max_connections_per_source and
+// max_connections_per_certificate. One mutex guards them all so that a connection takes its slots together or not at all;
 // it is taken twice per connection, far off the splice's hot path.
 type limiter struct {
 	mu       sync.Mutex
 	total    int
 	perRoute map[string]int
 	perSrc   map[netip.Addr]int
+	perCert  map[string]int // by certificate serial
 }
 
 // acquire takes a slot for a connection of route from src, or returns the
-// refusal that names the limit reached.
-func (l *limiter) acquire(lim LimitsConfig, route *Route, src netip.Addr) *Refusal {
+// refusal that names the limit reached. cert is the client certificate's
+// serial.
+func (l *limiter) acquire(lim LimitsConfig, route *Route, src netip.Addr, cert string) *Refusal {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.perRoute == nil {
-		l.perRoute, l.perSrc = map[string]int{}, map[netip.Addr]int{}
+		l.perRoute, l.perSrc, l.perCert = map[string]int{}, map[netip.Addr]int{}, map[string]int{}
 	}
 	switch {
 	case l.total >= lim.MaxConnections:
@@ -36,14 +38,19 @@ func (l *limiter) acquire(lim LimitsConfig, route *Route, src netip.Addr) *Refus
 		return &Refusal{Reason: ReasonSourceConnectionLimit,
 			Msg:  fmt.Sprintf("too many connections from %s (limit %d per source address)", src, lim.MaxConnectionsPerSource),
 			Hint: "close idle connections, or use a connection pool"}
+	case lim.MaxConnectionsPerCertificate > 0 && l.perCert[cert] >= lim.MaxConnectionsPerCertificate:
+		return &Refusal{Reason: ReasonCertConnectionLimit,
+			Msg:  fmt.Sprintf("too many connections with client certificate %s (limit %d per certificate)", cert, lim.MaxConnectionsPerCertificate),
+			Hint: "close idle connections, or use a connection pool"}
 	}
 	l.total++
 	l.perRoute[route.Name]++
 	l.perSrc[src]++
+	l.perCert[cert]++
 	return nil
 }
 
-func (l *limiter) release(route string, src netip.Addr) {
+func (l *limiter) release(route string, src netip.Addr, cert string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.total--
@@ -52,5 +59,8 @@ func (l *limiter) release(route string, src netip.Addr) {
 	}
 	if l.perSrc[src]--; l.perSrc[src] <= 0 {
 		delete(l.perSrc, src)
+	}
+	if l.perCert[cert]--; l.perCert[cert] <= 0 {
+		delete(l.perCert, cert)
 	}
 }

@@ -32,6 +32,7 @@ type Metrics struct {
 	upstreamUp      *prometheus.GaugeVec   // route
 	generation      prometheus.Gauge
 	certExpiry      *prometheus.GaugeVec // kind: server|ca, route
+	crlNextUpdate   *prometheus.GaugeVec // route, issuer
 	clientExpiry    *clientExpiryCollector
 	handshake       *prometheus.HistogramVec
 	upstreamConnect *prometheus.HistogramVec
@@ -73,6 +74,8 @@ func NewMetrics() *Metrics {
 			Help: "Generation of the configuration in force; starts at 1."}),
 		certExpiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "cert_expiry_timestamp_seconds",
 			Help: "Expiry time of the server certificate and of each trusted CA, by route."}, []string{"route", "kind", "subject"}),
+		crlNextUpdate: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "crl_next_update_timestamp_seconds",
+			Help: "nextUpdate of the CRL in force, by route and the CRL's issuer; past it, certificates revoked since are not in the CRL."}, []string{"route", "issuer"}),
 		clientExpiry: &clientExpiryCollector{
 			desc: prometheus.NewDesc(ns+"_client_cert_expiry_timestamp_seconds",
 				"Expiry time of the nearest-expiring client certificate admitted per route and identity (URI SAN, else CN) in the last 24 hours.",
@@ -94,7 +97,7 @@ func NewMetrics() *Metrics {
 	}
 	m.own = []prometheus.Collector{
 		m.accepted, m.refused, m.established, m.closed, m.cut, m.reloads, m.lastReload, m.cancels, m.upstreamUp, m.active, m.rules,
-		m.generation, m.certExpiry, m.clientExpiry, m.handshake, m.upstreamConnect, m.duration, m.bytes, m.panics,
+		m.generation, m.certExpiry, m.crlNextUpdate, m.clientExpiry, m.handshake, m.upstreamConnect, m.duration, m.bytes, m.panics,
 	}
 	m.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.Registry.MustRegister(m.own...)
@@ -128,6 +131,7 @@ func (m *Metrics) observeSnapshot(s *Snapshot) {
 	m.generation.Set(float64(s.Generation))
 	m.rules.Reset() // a removed route's gauge goes
 	m.certExpiry.Reset()
+	m.crlNextUpdate.Reset()
 	for _, r := range s.Routes {
 		m.rules.WithLabelValues(r.Name).Set(float64(r.Matcher.Len()))
 		// Touch the per-route series so dashboards show zeros, not gaps.
@@ -142,6 +146,9 @@ func (m *Metrics) observeSnapshot(s *Snapshot) {
 		}
 		for _, ca := range r.Material.CAs {
 			m.certExpiry.WithLabelValues(r.Name, "ca", ca.Subject.String()).Set(float64(ca.NotAfter.Unix()))
+		}
+		if crl := r.Material.CRL; crl != nil && !crl.NextUpdate.IsZero() {
+			m.crlNextUpdate.WithLabelValues(r.Name, crl.Issuer.String()).Set(float64(crl.NextUpdate.Unix()))
 		}
 	}
 }

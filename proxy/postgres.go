@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sync"
 	"syscall"
 	"time"
 
@@ -39,10 +40,6 @@ const (
 	// maxStartupPacket is PostgreSQL's MAX_STARTUP_PACKET_LENGTH: a longer
 	// packet is refused before anything is allocated for it.
 	maxStartupPacket = 10000
-	// A CancelRequest is 16 bytes in protocol 3.0; 3.2 allows a secret key of
-	// up to 256 bytes.
-	minCancelPacket = 16
-	maxCancelPacket = 12 + 256
 
 	tlsRecordHandshake = 0x16
 	alpnPostgres       = "postgresql"
@@ -91,6 +88,7 @@ func (c *conn) startPostgres(ctx context.Context, first byte) error {
 				return err
 			}
 		case code == codeSSLRequest && len(pkt) == 8:
+			c.advance(progressNegotiated)
 			return c.startClassicTLS(ctx)
 		case code == codeCancelRequest:
 			return c.forwardCancel(ctx, pkt)
@@ -101,7 +99,7 @@ func (c *conn) startPostgres(ctx context.Context, first byte) error {
 				Hint:   "connect with sslmode=verify-full (or verify-ca) and set sslcert, sslkey and sslrootcert (PGSSLCERT, PGSSLKEY, PGSSLROOTCERT)",
 			}
 		default:
-			return refuse(ReasonProtocolViolation, fmt.Sprintf("unsupported start-up packet (code %d, %d bytes); this is a PostgreSQL gate", code, len(pkt)), nil)
+			return unsupportedProtocol(code)
 		}
 		var b [1]byte
 		if _, err := io.ReadFull(c.nc, b[:]); err != nil {
@@ -156,22 +154,14 @@ func (c *conn) readStartupInTLS(ctx context.Context) error {
 		return c.forwardCancel(ctx, pkt)
 	case code == codeSSLRequest || code == codeGSSENCRequest:
 		return refuse(ReasonProtocolViolation, "encryption requested again inside TLS", nil)
-	case code>>16 != protocolMajor3:
-		return &Refusal{Reason: ReasonProtocolViolation,
-			Msg: fmt.Sprintf("unsupported frontend protocol %d.%d: this gate speaks protocol 3", code>>16, code&0xffff)}
 	}
-	var sm pgproto3.StartupMessage
-	if err := sm.Decode(pkt[4:]); err != nil {
-		return refuse(ReasonProtocolViolation, "invalid startup packet layout", err)
+	sm, ref := parseStartupMessage(pkt)
+	if ref != nil {
+		return ref
 	}
-	c.pgUser = sm.Parameters["user"]
-	c.pgDB = sm.Parameters["database"]
-	if c.pgDB == "" {
-		c.pgDB = c.pgUser
-	}
-	if c.pgUser == "" {
-		return &Refusal{Reason: ReasonProtocolViolation, Msg: "no PostgreSQL user name specified in startup packet"}
-	}
+	// Any 3.x goes on unchanged: the upstream answers a minor version it
+	// does not speak with NegotiateProtocolVersion, as PostgreSQL does.
+	c.pgUser, c.pgDB = sm.user, sm.database
 	c.startup = pkt
 	return nil
 }
@@ -187,13 +177,15 @@ func (c *conn) readStartupInTLS(ctx context.Context) error {
 // shared by several routes carries no server name, so it goes to every
 // upstream of the listener: only the server that issued the key acts on it
 // (a pid and a 32-bit or longer random key must both match), and no state
-// has to be shared between replicas, as rewriting keys would need.
+// has to be shared between replicas, as rewriting keys would need. The
+// upstreams are tried at once, under one short bound, so that one that
+// does not answer delays neither the others nor the client.
 func (c *conn) forwardCancel(ctx context.Context, pkt []byte) error {
 	c.cancel = true
 	m := c.srv.metrics.cancels
-	if len(pkt) < minCancelPacket || len(pkt) > maxCancelPacket {
+	if ref := checkCancelPacket(pkt); ref != nil {
 		m.WithLabelValues(c.routeName(), "refused").Inc()
-		return refuse(ReasonProtocolViolation, fmt.Sprintf("invalid CancelRequest length %d", len(pkt)), nil)
+		return ref
 	}
 	if c.early != nil {
 		c.early.quiet = true // PostgreSQL never answers a cancel
@@ -206,7 +198,7 @@ func (c *conn) forwardCancel(ctx context.Context, pkt []byte) error {
 		c.route = c.lis.Routes[0]
 	}
 	var refusal error
-	forwarded := 0
+	allowed := make([]*Route, 0, len(targets))
 	for _, r := range targets {
 		if err := c.checkSourceOn(r); err != nil {
 			refusal = err
@@ -217,7 +209,22 @@ func (c *conn) forwardCancel(ctx context.Context, pkt []byte) error {
 			m.WithLabelValues(r.Name, "refused").Inc()
 			continue
 		}
-		if err := c.sendCancel(ctx, r, pkt); err != nil {
+		allowed = append(allowed, r)
+	}
+	// The client waits for the close that says its cancel was delivered
+	// (psql does so inside its SIGINT handler): let it go at the first
+	// upstream that took the packet rather than after the slowest.
+	// PostgreSQL's own close says no more, as its signal to the backend is
+	// asynchronous. Inside TLS there is a single target, and the close is
+	// left to finish, which can send close_notify.
+	var delivered func()
+	if len(allowed) > 1 && c.tlsConn == nil {
+		delivered = func() { _ = c.nc.Close() }
+	}
+	forwarded := 0
+	for i, err := range c.sendCancels(ctx, allowed, pkt, delivered) {
+		r := allowed[i]
+		if err != nil {
 			m.WithLabelValues(r.Name, "failed").Inc()
 			c.srv.log.Warn("cancel request not forwarded", zap.String("id", c.id), zap.String("route", r.Name), zap.Error(err))
 			continue
@@ -235,18 +242,65 @@ func (c *conn) forwardCancel(ctx context.Context, pkt []byte) error {
 	return errCancelHandled
 }
 
+const (
+	// maxCancelWait bounds the whole forwarding of one cancel, unless
+	// upstream_connect_timeout is shorter. A cancel that needs longer to
+	// reach a server is too late to be of use, and an upstream that takes
+	// the packet but never closes must not hold a pending slot for long.
+	maxCancelWait = 2 * time.Second
+	// maxCancelDials bounds the upstreams one cancel dials at a time.
+	maxCancelDials = 16
+)
+
+// sendCancels delivers pkt to the upstream of each route in routes, at
+// most maxCancelDials at a time and all within the cancel bound, and
+// returns each one's outcome. delivered, if not nil, runs once, at the
+// first delivery.
+func (c *conn) sendCancels(ctx context.Context, routes []*Route, pkt []byte, delivered func()) []error {
+	errs := make([]error, len(routes))
+	if len(routes) == 0 {
+		return errs
+	}
+	ctx, cancel := context.WithTimeout(ctx, min(c.snap.Config.Limits.UpstreamConnectTimeout, maxCancelWait))
+	defer cancel()
+	sem := make(chan struct{}, maxCancelDials)
+	var once sync.Once
+	var wg sync.WaitGroup
+	for i, r := range routes {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			// This goroutine is outside the connection's own: a panic here
+			// must not take the process with it.
+			defer func() {
+				if p := recover(); p != nil {
+					c.srv.notePanic(c, p)
+					errs[i] = fmt.Errorf("panic forwarding a cancel: %v", p)
+				}
+			}()
+			errs[i] = sendCancel(ctx, r, pkt)
+			if errs[i] == nil && delivered != nil {
+				once.Do(delivered)
+			}
+		})
+	}
+	wg.Wait()
+	return errs
+}
+
 // sendCancel delivers one CancelRequest to r's upstream, over TLS if the
 // route talks TLS to it, and waits for the server to close: it has read
-// the packet then.
-func (c *conn) sendCancel(ctx context.Context, r *Route, pkt []byte) error {
-	timeout := c.snap.Config.Limits.UpstreamConnectTimeout
-	d := net.Dialer{Timeout: timeout}
+// the packet then. ctx bounds it all.
+func sendCancel(ctx context.Context, r *Route, pkt []byte) error {
+	var d net.Dialer
 	up, err := d.DialContext(ctx, "tcp", r.Upstream)
 	if err != nil {
 		return err
 	}
 	defer up.Close()
-	_ = up.SetDeadline(time.Now().Add(timeout))
+	if dl, ok := ctx.Deadline(); ok {
+		_ = up.SetDeadline(dl)
+	}
 	if r.UpstreamTLS != nil {
 		tup, err := upstreamTLS(ctx, r, up)
 		if err != nil {
@@ -258,12 +312,19 @@ func (c *conn) sendCancel(ctx context.Context, r *Route, pkt []byte) error {
 	if _, err := up.Write(pkt); err != nil {
 		return err
 	}
-	_, _ = io.Copy(io.Discard, io.LimitReader(up, 1024))
+	if _, err := io.Copy(io.Discard, io.LimitReader(up, 1024)); err != nil {
+		return fmt.Errorf("upstream did not close after the cancel request: %w", err)
+	}
 	return nil
 }
 
 // pgError encodes r as a PostgreSQL FATAL ErrorResponse.
 func pgError(r *Refusal) []byte {
+	if errors.Is(r.Err, errOldProtocol) {
+		// Protocol 2's ErrorResponse: a type byte and a C string, which
+		// PostgreSQL fills as below (send_message_to_frontend).
+		return append([]byte("EFATAL:  "+r.Msg+"\n"), 0)
+	}
 	msg := pgproto3.ErrorResponse{
 		Severity:            "FATAL",
 		SeverityUnlocalized: "FATAL",

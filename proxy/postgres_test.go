@@ -317,7 +317,7 @@ func TestPostgresStartupPackets(t *testing.T) {
 	}{
 		{"garbage bytes", []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), "08P01", "invalid length of startup packet"},
 		{"oversized packet", startupPacket(196608, bytes.Repeat([]byte{'a'}, 20000)), "08P01", "invalid length of startup packet"},
-		{"unknown code", startupPacket(12345, nil), "08P01", "unsupported start-up packet"},
+		{"protocol 4.0 in plaintext", startupPacket(4<<16, nil), "0A000", "unsupported frontend protocol 4.0: server supports 3.0 to 3.2"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			nc := e.rawConn(t)
@@ -435,8 +435,11 @@ func TestPostgresCancel(t *testing.T) {
 }
 
 // sleeping counts the backends running pg_sleep, asked directly upstream.
-func sleeping(t *testing.T) int {
-	c, err := pgConnect(t, sharedPostgres(t).ConnString())
+func sleeping(t *testing.T) int { return sleepingOn(t, sharedPostgres(t)) }
+
+// sleepingOn counts the backends of pg running pg_sleep.
+func sleepingOn(t *testing.T, pg *testenv.Postgres) int {
+	c, err := pgConnect(t, pg.ConnString())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"net/netip"
 
@@ -56,6 +57,11 @@ func readProxyHeader(r io.Reader, first byte) (src netip.AddrPort, ok bool, err 
 	h, err := proxyproto.Read(bufio.NewReader(bytes.NewReader(hdr)))
 	if err != nil {
 		return src, false, refuse(ReasonProtocolViolation, "malformed PROXY protocol header", err)
+	}
+	if first == proxyV2Sig[0] {
+		if err := checkV2TLVs(hdr); err != nil {
+			return src, false, err
+		}
 	}
 	if !h.Command.IsProxy() {
 		return src, false, nil
@@ -120,6 +126,62 @@ func readProxyV2(r io.Reader, first byte) ([]byte, error) {
 		return nil, err
 	}
 	return hdr, nil
+}
+
+// v2AddrLen is the size of a v2 address block by address family (the high
+// nibble of byte 13): UNSPEC, INET, INET6, UNIX.
+var v2AddrLen = [...]int{0, 12, 36, 216}
+
+// crc32c is the Castagnoli table of PP2_TYPE_CRC32C.
+var crc32c = crc32.MakeTable(crc32.Castagnoli)
+
+// checkV2TLVs checks the TLVs after a v2 header's address block: each must
+// end inside the length the header announces, and a PP2_TYPE_CRC32C must
+// hold the CRC32C of the whole header with its own value zeroed (section
+// 2.2.4). go-proxyproto splits TLVs but checks no checksum, and its split
+// drops the bytes of NOOP padding, so the offsets the checksum needs are
+// only found by walking the header here.
+func checkV2TLVs(hdr []byte) error {
+	family := int(hdr[13] >> 4)
+	if family >= len(v2AddrLen) || len(hdr) < 16+v2AddrLen[family] {
+		// A LOCAL header whose block does not fit its family is skipped
+		// whole, as the spec asks; go-proxyproto refuses any other.
+		return nil
+	}
+	var sum []byte // the CRC32C value, inside hdr
+	for i := 16 + v2AddrLen[family]; i < len(hdr); {
+		if len(hdr)-i < 3 {
+			return refuse(ReasonProtocolViolation, fmt.Sprintf("PROXY protocol v2 header ends inside a TLV's type and length, %d bytes from its end", len(hdr)-i), nil)
+		}
+		typ, n := proxyproto.PP2Type(hdr[i]), int(binary.BigEndian.Uint16(hdr[i+1:i+3]))
+		i += 3
+		if n > len(hdr)-i {
+			return refuse(ReasonProtocolViolation, fmt.Sprintf("PROXY protocol v2 TLV of type 0x%02x announces %d bytes, past the end of the header (%d left)", byte(typ), n, len(hdr)-i), nil)
+		}
+		if typ == proxyproto.PP2_TYPE_CRC32C {
+			if sum != nil {
+				return refuse(ReasonProtocolViolation, "PROXY protocol v2 header carries more than one CRC32C TLV", nil)
+			}
+			if n != 4 {
+				return refuse(ReasonProtocolViolation, fmt.Sprintf("PROXY protocol v2 CRC32C TLV holds %d bytes, not 4", n), nil)
+			}
+			sum = hdr[i : i+4]
+		}
+		i += n
+	}
+	if sum == nil {
+		return nil
+	}
+	want := binary.BigEndian.Uint32(sum)
+	var saved [4]byte
+	copy(saved[:], sum)
+	clear(sum)
+	got := crc32.Checksum(hdr, crc32c)
+	copy(sum, saved[:])
+	if got != want {
+		return refuse(ReasonProtocolViolation, fmt.Sprintf("PROXY protocol v2 header fails its CRC32C checksum (carries %08x, computed %08x)", want, got), nil)
+	}
+	return nil
 }
 
 // trustedProxy reports whether peer may send a PROXY header.

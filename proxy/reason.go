@@ -27,9 +27,13 @@ const (
 	ReasonTooManyConnections    // limits.max_connections
 	ReasonRouteConnectionLimit  // the route's max_connections
 	ReasonSourceConnectionLimit // limits.max_connections_per_source
-	ReasonTooManyPending        // limits.max_pending: closed at accept
+	ReasonCertConnectionLimit   // limits.max_connections_per_certificate
+	ReasonPendingEvicted        // made room in a full pending pool: closed
+	ReasonIPNotAllowedPreTLS    // source allowed by no route of the listener, closed before TLS under pressure
 	ReasonUpstreamUnavailable
 	ReasonShutdown
+	ReasonUserMissing         // a StartupMessage without a user name
+	ReasonUnsupportedProtocol // a start-up packet of a protocol other than 3
 )
 
 var reasonNames = [...]string{
@@ -52,9 +56,13 @@ var reasonNames = [...]string{
 	ReasonTooManyConnections:    "too_many_connections",
 	ReasonRouteConnectionLimit:  "route_connection_limit",
 	ReasonSourceConnectionLimit: "source_connection_limit",
-	ReasonTooManyPending:        "too_many_pending",
+	ReasonCertConnectionLimit:   "certificate_connection_limit",
+	ReasonPendingEvicted:        "pending_evicted",
+	ReasonIPNotAllowedPreTLS:    "ip_not_allowed_pre_tls",
 	ReasonUpstreamUnavailable:   "upstream_unavailable",
 	ReasonShutdown:              "shutdown",
+	ReasonUserMissing:           "user_missing",
+	ReasonUnsupportedProtocol:   "unsupported_protocol",
 }
 
 // String returns the snake_case name used as the metric label and log value.
@@ -70,7 +78,7 @@ func (r Reason) sqlstate() string {
 	switch r {
 	case ReasonProtocolViolation:
 		return "08P01" // protocol_violation
-	case ReasonTooManyConnections, ReasonRouteConnectionLimit, ReasonSourceConnectionLimit:
+	case ReasonTooManyConnections, ReasonRouteConnectionLimit, ReasonSourceConnectionLimit, ReasonCertConnectionLimit:
 		return "53300" // too_many_connections
 	case ReasonUpstreamUnavailable:
 		return "08006" // connection_failure
@@ -78,6 +86,8 @@ func (r Reason) sqlstate() string {
 		return "57P03" // cannot_connect_now
 	case ReasonShutdown:
 		return "57P01" // admin_shutdown
+	case ReasonUnsupportedProtocol:
+		return "0A000" // feature_not_supported
 	default:
 		return "28000" // invalid_authorization_specification
 	}

@@ -26,6 +26,9 @@ func (c *conn) startRedis(ctx context.Context, first byte) error {
 	return c.startTLS(ctx, []byte{first})
 }
 
+// redisCertHint tells a Redis client without a certificate how to send one.
+const redisCertHint = "redis-cli: add --cert and --key to --tls; other clients: a rediss:// URL, with the certificate and key in the client's TLS settings"
+
 // redisError encodes r as a RESP error line. RESP errors are one line: any
 // CR or LF in the text would end it early and corrupt the stream.
 func redisError(r *Refusal) []byte {

@@ -18,8 +18,9 @@ import (
 // into one reload, while keeping change-to-effect well under 100 ms.
 const reloadDebounce = 30 * time.Millisecond
 
-// Files returns every file the config names: itself, the rules files, the
-// TLS files of every route and the upstream TLS files, without duplicates.
+// Files returns every file the config names: itself, the admin token, the
+// rules files, the TLS files of every route and the upstream TLS files,
+// without duplicates.
 // A reload watches exactly these.
 func (c *Config) Files() []string {
 	var out []string
@@ -30,7 +31,7 @@ func (c *Config) Files() []string {
 			}
 		}
 	}
-	add(c.Path)
+	add(c.Path, c.Admin.TokenFile)
 	for i := range c.Routes {
 		r := &c.Routes[i]
 		t := r.EffectiveTLS(c.TLS)
@@ -66,6 +67,7 @@ func (s *Server) Reload() error {
 	s.metrics.observeSnapshot(snap)
 	s.metrics.reloads.WithLabelValues("ok").Inc()
 	s.metrics.lastReload.SetToCurrentTime()
+	s.warnStaleCRLs(snap)
 	if s.watcher != nil {
 		if err := s.watcher.SetPaths(snap.Config.Files()); err != nil {
 			s.log.Warn("watching the config's files", zap.Error(err))
@@ -74,6 +76,7 @@ func (s *Server) Reload() error {
 	cut := s.recheckAll(snap)
 	s.log.Info("reloaded", zap.Uint64("generation", snap.Generation), zap.Int("routes", len(snap.Routes)),
 		zap.Int("connections_cut", cut), zap.Duration("took", time.Since(start)))
+	s.logWarnings(snap)
 	return nil
 }
 

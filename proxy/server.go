@@ -46,17 +46,18 @@ type Options struct {
 // the live connections. Create it with NewServer and start it with Run; a
 // Server runs once.
 type Server struct {
-	log           *zap.Logger
-	metrics       *Metrics
-	now           func() time.Time
-	snap          atomic.Pointer[Snapshot]
-	conns         registry
-	bufs          sync.Pool
-	limits        limiter
-	health        healthState
-	pending       atomic.Int64 // accepted connections not yet admitted or refused
-	pendingLogged atomic.Int64 // unix second of the last "pending full" log
-	wg            sync.WaitGroup
+	log      *zap.Logger
+	metrics  *Metrics
+	now      func() time.Time
+	snap     atomic.Pointer[Snapshot]
+	conns    registry
+	bufs     sync.Pool
+	limits   limiter
+	health   healthState
+	pending  atomic.Int64 // accepted connections not yet admitted or refused: pool's size
+	pool     pendingPool
+	refusals *refusalLog
+	wg       sync.WaitGroup
 
 	notify       func(string)
 	reloadMu     sync.Mutex // one reload at a time
@@ -113,9 +114,12 @@ func NewServer(opts Options) (*Server, error) {
 		s.now = time.Now
 	}
 	s.bufs.New = func() any { b := make([]byte, spliceBufSize); return &b }
+	s.pool.count = &s.pending
+	s.refusals = newRefusalLog(s.log)
 	s.conns.init()
 	s.snap.Store(snap)
 	s.metrics.observeSnapshot(snap)
+	s.warnStaleCRLs(snap)
 	return s, nil
 }
 
@@ -179,11 +183,17 @@ func (s *Server) Run(ctx context.Context) error {
 			s.watch(watchCtx)
 		}
 	}()
+	refusalsDone := make(chan struct{})
+	go func() {
+		defer close(refusalsDone)
+		s.refusals.run(watchCtx)
+	}()
 	probeDone := make(chan struct{})
 	go func() {
 		defer close(probeDone)
 		s.probeUpstreams(watchCtx, upstreamProbeInterval)
 	}()
+	s.logWarnings(snap)
 	close(s.ready)
 	s.notify("ready")
 	s.log.Info("spacegate serving", zap.Int("routes", len(snap.Routes)), zap.Uint64("generation", snap.Generation))
@@ -198,10 +208,17 @@ func (s *Server) Run(ctx context.Context) error {
 		time.Sleep(d)
 	}
 	stopWatch()
-	<-watchDone
+	// A reload stuck in a read (a hung network mount) must not hold
+	// shutdown: wait for it a bounded time, then go on without it.
+	// Clearing acceptCtx below keeps it from opening a listener if it ever
+	// ends.
+	if s.stopReloads(watchDone, reloadStopTimeout) {
+		defer s.reloadMu.Unlock()
+	} else {
+		s.log.Warn("shutting down: a reload is still running; not waiting for it", zap.Duration("waited", reloadStopTimeout))
+	}
 	<-probeDone
-	s.reloadMu.Lock() // no reload opens a listener from here on
-	defer s.reloadMu.Unlock()
+	<-refusalsDone
 	s.mu.Lock()
 	s.acceptCtx = nil
 	s.mu.Unlock()
@@ -224,6 +241,9 @@ func (s *Server) Run(ctx context.Context) error {
 // startAccepting runs an accept loop for ln; s.mu must be held.
 func (s *Server) startAccepting(addr string, ln net.Listener) {
 	ctx := s.acceptCtx
+	if err := deferAccept(ln, s.Snapshot().Config.Limits.HandshakeTimeout); err != nil {
+		s.log.Warn("TCP_DEFER_ACCEPT unavailable: idle sockets are accepted at once", zap.String("listen", addr), zap.Error(err))
+	}
 	s.accepting.Add(1)
 	go func() {
 		defer s.accepting.Done()
@@ -286,43 +306,76 @@ func (s *Server) acceptLoop(ctx context.Context, addr string, ln net.Listener) {
 		}
 		backoff = 0
 		s.metrics.accepted.Inc()
-		// Bound the connections that hold memory and a goroutine before any
-		// check has passed: a flood of idle or trickling clients must not
-		// exhaust the gate. Beyond the bound, close at once; admitted
-		// sessions are unaffected.
-		if max := int64(s.Snapshot().Config.Limits.MaxPending); s.pending.Add(1) > max {
-			s.pending.Add(-1)
-			nc.Close()
-			s.metrics.refused.WithLabelValues("unrouted", ReasonTooManyPending.String()).Inc()
-			s.logPendingFull(addr, max)
-			continue
+		s.accepted(ctx, addr, nc)
+	}
+}
+
+// accepted lists a new connection in the pending pool and serves it, or
+// closes it before TLS: while the pool is under pressure, or once its
+// source has used up the courtesy of refusals told after TLS, a source
+// that no route of the listener allows is not worth a handshake.
+func (s *Server) accepted(ctx context.Context, addr string, nc net.Conn) {
+	snap := s.Snapshot()
+	l := snap.Listener(addr)
+	if l == nil {
+		nc.Close()
+		return
+	}
+	lim := snap.Config.Limits
+	peer := addrPort(nc.RemoteAddr())
+	e := &pendingEntry{nc: nc, redis: l.Protocol == ProtocolRedis}
+	var screen func() bool
+	if !snap.trustedProxy(peer.Addr()) {
+		// Behind a trusted proxy the source is known only from its header
+		// (see readFirstByte); here it is the peer.
+		src := peer.Addr()
+		e.key = sourceKey(src)
+		if s.refusals.courtesySpent(src) && !l.allows(src) {
+			s.refuseBeforeTLS(l, peer, nc, fmt.Sprintf("refused more than %d times in %s", courtesyRefusals, refusalLogWindow))
+			return
 		}
-		s.wg.Add(1)
-		go s.serveConn(ctx, addr, nc)
+		screen = func() bool { return !l.allows(src) }
+	}
+	victims, refused := s.pool.add(e, lim.MaxPending, lim.MaxPendingPerSource, screen)
+	for _, v := range victims {
+		closeEvicted(v)
+	}
+	if refused {
+		s.refuseBeforeTLS(l, peer, nc, "pending pool under pressure")
+		return
+	}
+	s.wg.Add(1)
+	go s.serveConn(ctx, snap, l, peer, e)
+}
+
+// refuseBeforeTLS closes, with a reset, a connection from a source no route
+// of l allows, counts it, and logs it within the bounds of refusal logging.
+func (s *Server) refuseBeforeTLS(l *Listener, src netip.AddrPort, nc net.Conn, why string) {
+	resetClose(nc)
+	route := "unrouted"
+	if !l.Shared() {
+		route = l.Routes[0].Name
+	}
+	s.metrics.refused.WithLabelValues(route, ReasonIPNotAllowedPreTLS.String()).Inc()
+	if s.refusals.note(src.Addr(), ReasonIPNotAllowedPreTLS, true) {
+		s.log.Warn("connection refused", zap.String("route", route), zap.String("source", src.String()),
+			zap.String("verdict", "refused"), zap.String("reason", ReasonIPNotAllowedPreTLS.String()),
+			zap.String("phase", "accept"), zap.String("message", "source address allowed by no route of "+l.Addr+"; closed before TLS: "+why))
 	}
 }
 
 // serveConn serves one accepted connection; it owns and closes nc.
-func (s *Server) serveConn(ctx context.Context, addr string, nc net.Conn) {
-	snap := s.Snapshot()
-	l := snap.Listener(addr)
-	if l == nil {
-		s.pending.Add(-1)
-		nc.Close()
-		s.wg.Done()
-		return
-	}
-	peer := addrPort(nc.RemoteAddr())
+func (s *Server) serveConn(ctx context.Context, snap *Snapshot, l *Listener, peer netip.AddrPort, e *pendingEntry) {
 	c := &conn{
-		srv:     s,
-		snap:    snap,
-		lis:     l,
-		id:      uuid.NewString(),
-		start:   time.Now(),
-		peer:    peer,
-		src:     peer,
-		nc:      nc,
-		pending: true,
+		srv:   s,
+		snap:  snap,
+		lis:   l,
+		id:    uuid.NewString(),
+		start: time.Now(),
+		peer:  peer,
+		src:   peer,
+		nc:    e.nc,
+		pend:  e,
 	}
 	if !l.Shared() {
 		c.route = l.Routes[0]
@@ -364,17 +417,40 @@ func addrPort(a net.Addr) netip.AddrPort {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
-// logPendingFull logs that the handshake bound was reached, at most once a
-// second, as a flood would otherwise write a line per connection.
-func (s *Server) logPendingFull(addr string, max int64) {
-	now := time.Now().Unix()
-	if last := s.pendingLogged.Load(); last != now && s.pendingLogged.CompareAndSwap(last, now) {
-		s.log.Warn("too many connections in handshake; closing new ones at once",
-			zap.String("listen", addr), zap.Int64("max_pending", max))
+// waitTimeout waits for wg up to d and reports whether it finished.
+// reloadStopTimeout bounds how long shutdown waits for a reload in progress.
+// A reload of a 100k-rule file takes a quarter of a second.
+const reloadStopTimeout = 3 * time.Second
+
+// stopReloads waits up to d for the watcher goroutine to end (watchDone)
+// and then for a reload in progress to finish, and takes reloadMu. It
+// reports whether it took reloadMu; the caller then unlocks it.
+func (s *Server) stopReloads(watchDone <-chan struct{}, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-watchDone:
+	case <-t.C:
+		return false
+	}
+	got, abandoned := make(chan struct{}), make(chan struct{})
+	go func() {
+		s.reloadMu.Lock()
+		select {
+		case got <- struct{}{}: // the caller holds it now
+		case <-abandoned:
+			s.reloadMu.Unlock()
+		}
+	}()
+	select {
+	case <-got:
+		return true
+	case <-t.C:
+		close(abandoned)
+		return false
 	}
 }
 
-// waitTimeout waits for wg up to d and reports whether it finished.
 func waitTimeout(wg *sync.WaitGroup, d time.Duration) bool {
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/spacegate/spacegate/allowlist"
+	"github.com/spacegate/spacegate/internal/safefile"
 	"github.com/spacegate/spacegate/tlsconf"
 )
 
@@ -32,6 +33,7 @@ type Snapshot struct {
 	byName         map[string]*Route
 	byAddr         map[string]*Listener
 	trustedProxies []netip.Prefix
+	adminToken     []byte // of admin.token_file; nil when none
 }
 
 // Listener is one listen address and the routes served on it: one, or
@@ -113,6 +115,11 @@ func (s *Snapshot) Route(name string) *Route { return s.byName[name] }
 func Build(cfg *Config, generation uint64) (*Snapshot, error) {
 	s := &Snapshot{Config: cfg, Generation: generation, LoadedAt: time.Now(), byName: map[string]*Route{}, byAddr: map[string]*Listener{}}
 	var errs []error
+	if tok, err := cfg.loadAdminToken(); err != nil {
+		errs = append(errs, err)
+	} else {
+		s.adminToken = tok
+	}
 	for _, c := range cfg.ProxyProtocol.TrustedCIDRs {
 		if p, err := netip.ParsePrefix(c); err == nil { // invalid ones were reported by validate
 			s.trustedProxies = append(s.trustedProxies, netip.PrefixFrom(p.Addr().Unmap(), unmappedBits(p)).Masked())
@@ -218,7 +225,7 @@ func (c *Config) upstreamTLS(i int) (*tls.Config, error) {
 	}
 	var errs []error
 	if rc.UpstreamCAFile != "" {
-		pem, err := os.ReadFile(rc.UpstreamCAFile)
+		pem, err := safefile.ReadFile(rc.UpstreamCAFile, safefile.UpstreamCA)
 		if err != nil {
 			errs = append(errs, c.problemAt([]any{"routes", i, "upstream_ca_file"}, "route %q: upstream_ca_file: %v", rc.Name, err))
 		} else {
@@ -229,7 +236,7 @@ func (c *Config) upstreamTLS(i int) (*tls.Config, error) {
 		}
 	}
 	if rc.UpstreamCertFile != "" {
-		cert, err := tls.LoadX509KeyPair(rc.UpstreamCertFile, rc.UpstreamKeyFile)
+		cert, err := loadKeyPair(rc.UpstreamCertFile, rc.UpstreamKeyFile)
 		if err != nil {
 			errs = append(errs, c.problemAt([]any{"routes", i, "upstream_cert_file"}, "route %q: upstream client certificate: %v", rc.Name, err))
 		} else {
@@ -237,6 +244,20 @@ func (c *Config) upstreamTLS(i int) (*tls.Config, error) {
 		}
 	}
 	return cfg, errors.Join(errs...)
+}
+
+// loadKeyPair is [tls.LoadX509KeyPair] with the files read through
+// [safefile.ReadFile].
+func loadKeyPair(certFile, keyFile string) (tls.Certificate, error) {
+	certPEM, err := safefile.ReadFile(certFile, safefile.Certificate)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	keyPEM, err := safefile.ReadFile(keyFile, safefile.Key)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.X509KeyPair(certPEM, keyPEM)
 }
 
 // unmappedBits returns p's prefix length after unmapping an IPv4-mapped
@@ -260,14 +281,18 @@ func (c *Config) loadRules(i int) (*allowlist.Rules, error) {
 	// write) seen between its two steps. Read as an empty allowlist it
 	// would cut every session of the route; refusing it keeps the old rules
 	// until the write lands. An empty list on purpose is "rules: []".
-	if data, err := os.ReadFile(rc.IPRulesFile); err == nil && len(bytes.TrimSpace(data)) == 0 {
-		return nil, c.problemAt([]any{"routes", i, "ip_rules_file"},
-			"route %q: ip_rules_file %s is empty (a write in progress?); to allow nobody, write \"rules: []\"", rc.Name, rc.IPRulesFile)
-	}
-	rules, err := allowlist.Load(rc.IPRulesFile)
+	data, err := safefile.ReadFile(rc.IPRulesFile, safefile.Rules)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		return nil, c.problemAt([]any{"routes", i, "ip_rules_file"}, "route %q: ip_rules_file %s does not exist", rc.Name, rc.IPRulesFile)
+	case err != nil:
+		return nil, c.problemAt([]any{"routes", i, "ip_rules_file"}, "route %q: %v", rc.Name, err)
+	case len(bytes.TrimSpace(data)) == 0:
+		return nil, c.problemAt([]any{"routes", i, "ip_rules_file"},
+			"route %q: ip_rules_file %s is empty (a write in progress?); to allow nobody, write \"rules: []\"", rc.Name, rc.IPRulesFile)
+	}
+	rules, err := allowlist.ParseFile(rc.IPRulesFile, data)
+	switch {
 	case err != nil:
 		return nil, err
 	case len(rules.Rules) > rc.MaxIPRules:

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/spacegate/spacegate/internal/atomicfile"
+	"github.com/spacegate/spacegate/internal/safefile"
 )
 
 // Default validity periods.
@@ -100,7 +101,7 @@ func NewCA(commonName string, keyType KeyType, validFor time.Duration) (*CA, err
 func LoadCA(certFile, keyFile string) (*CA, error) {
 	var cert *x509.Certificate
 	var errs []error
-	if data, err := readPEM("CA certificate file", certFile); err != nil {
+	if data, err := readPEM("CA certificate file", safefile.Certificate, certFile); err != nil {
 		errs = append(errs, err)
 	} else if blocks, err := decodePEM(data); err != nil {
 		errs = append(errs, fmt.Errorf("CA certificate file %q: %w", certFile, err))
@@ -110,7 +111,7 @@ func LoadCA(certFile, keyFile string) (*CA, error) {
 		errs = append(errs, fmt.Errorf("CA certificate file %q: %s: %w", certFile, cert.Subject, ErrNotCA))
 	}
 	var key crypto.Signer
-	if data, err := readPEM("CA key file", keyFile); err != nil {
+	if data, err := readPEM("CA key file", safefile.Key, keyFile); err != nil {
 		errs = append(errs, err)
 	} else if blocks, err := decodePEM(data); err != nil {
 		errs = append(errs, fmt.Errorf("CA key file %q: %w", keyFile, err))

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/spacegate/spacegate/internal/atomicfile"
+	"github.com/spacegate/spacegate/internal/safefile"
 )
 
 // The files of a [CertStore], relative to its Dir.
@@ -198,7 +199,7 @@ func (s *CertStore) CA() (*CA, error) {
 	if err != nil {
 		return nil, err
 	}
-	data, err := readPEM("CA key file", s.CAKeyFile())
+	data, err := readPEM("CA key file", safefile.Key, s.CAKeyFile())
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%s has a CA bundle but no CA key %s: %w", s.Dir, s.CAKeyFile(), ErrNoCA)
 	}
@@ -226,7 +227,7 @@ func (s *CertStore) CA() (*CA, error) {
 // Bundle returns the certificates of Dir/ca.crt, signing CA first. Without
 // a bundle the error wraps [ErrNoCA].
 func (s *CertStore) Bundle() ([]*x509.Certificate, error) {
-	data, err := readPEM("CA certificate file", s.CAFile())
+	data, err := readPEM("CA certificate file", safefile.Certificate, s.CAFile())
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%s holds no %s: %w", s.Dir, CAFileName, ErrNoCA)
 	}

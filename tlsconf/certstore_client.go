@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/spacegate/spacegate/internal/atomicfile"
+	"github.com/spacegate/spacegate/internal/safefile"
 )
 
 // CertStatus is the state of an issued client certificate, as `spacegate
@@ -212,7 +213,7 @@ func (s *CertStore) Get(id string) (*ClientCert, error) {
 	if err != nil {
 		return nil, err
 	}
-	data, err := os.ReadFile(s.path(clientsDir, id, metaName))
+	data, err := safefile.ReadFile(s.path(clientsDir, id, metaName), safefile.ClientRecord)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("certificate %s: %w", id, ErrCertNotFound)
 	}
@@ -280,7 +281,7 @@ func (s *CertStore) ReadClient(id string) (*ClientBundle, error) {
 		return nil, err
 	}
 	certFile, keyFile := s.ClientFiles(id)
-	chain, err := readPEM("certificate file", certFile)
+	chain, err := readPEM("certificate file", safefile.Certificate, certFile)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("certificate %s: %w", id, ErrCertNotFound)
 	}
@@ -295,7 +296,7 @@ func (s *CertStore) ReadClient(id string) (*ClientBundle, error) {
 	if err != nil {
 		return nil, fmt.Errorf("certificate file %q: %w", certFile, err)
 	}
-	keyData, err := readPEM("key file", keyFile)
+	keyData, err := readPEM("key file", safefile.Key, keyFile)
 	if err != nil {
 		return nil, err
 	}

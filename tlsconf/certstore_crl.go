@@ -8,10 +8,10 @@ import (
 	"fmt"
 	"io/fs"
 	"math/big"
-	"os"
 	"time"
 
 	"github.com/spacegate/spacegate/internal/atomicfile"
+	"github.com/spacegate/spacegate/internal/safefile"
 )
 
 // Revoke marks client certificate id revoked and writes a new CRL that
@@ -119,7 +119,7 @@ func (s *CertStore) WriteCRL(ctx context.Context) error {
 
 // readCRL parses Dir/ca.crl.
 func (s *CertStore) readCRL() (*x509.RevocationList, error) {
-	data, err := os.ReadFile(s.CRLFile())
+	data, err := safefile.ReadFile(s.CRLFile(), safefile.CRL)
 	if err != nil {
 		return nil, err
 	}

@@ -2,6 +2,8 @@ package tlsconf
 
 import (
 	"bytes"
+	"fmt"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -102,6 +104,44 @@ func FuzzGlob(f *testing.F) {
 		}
 		if want := globRef(pattern, s); got != want {
 			t.Fatalf("glob(%q, %q) = %v, want %v", pattern, s, got, want)
+		}
+	})
+}
+
+// FuzzGlobPath checks globPath against a regular expression built from
+// the pattern: ** and a final * as .*, any other * as [^/]*.
+func FuzzGlobPath(f *testing.F) {
+	f.Add("spiffe://*/route/db/*", "spiffe://space.example/route/db/client/0001")
+	f.Add("spiffe://*/route/db/*", "spiffe://x/route/cache/route/db/")
+	f.Add("a/**/c*d/*", "a/b/b/cxd/e/f")
+	f.Fuzz(func(t *testing.T, pattern, s string) {
+		if len(pattern)*len(s) > 1<<20 {
+			return
+		}
+		var re strings.Builder
+		re.WriteString(`^(?s:`)
+		for i := 0; i < len(pattern); i++ {
+			switch {
+			case pattern[i] == '*' && i+1 < len(pattern) && pattern[i+1] == '*':
+				re.WriteString(`.*`)
+				i++
+			case pattern[i] == '*' && i+1 == len(pattern):
+				re.WriteString(`.*`)
+			case pattern[i] == '*':
+				re.WriteString(`[^/]*`)
+			default:
+				fmt.Fprintf(&re, `\x{%x}`, pattern[i])
+			}
+		}
+		re.WriteString(`)$`)
+		// Byte-wise, as globPath: Latin-1 runes stand for the bytes.
+		b := make([]rune, len(s))
+		for i := range len(s) {
+			b[i] = rune(s[i])
+		}
+		want := regexp.MustCompile(re.String()).MatchString(string(b))
+		if got := globPath(pattern, s); got != want {
+			t.Fatalf("globPath(%q, %q) = %v, regexp %s says %v", pattern, s, got, re.String(), want)
 		}
 	})
 }

@@ -12,8 +12,12 @@ import (
 //	dns:GLOB     a DNS SAN (case-insensitive)
 //	uri:GLOB     a URI SAN, e.g. uri:spiffe://space.example/route/db/*
 //
-// In GLOB, * matches any run of characters, '/' included; everything else
-// is literal.
+// In a cn: or dns: GLOB, * matches any run of characters, '.' included.
+// In a uri: GLOB, * matches within one path segment (no '/'), ** matches
+// across segments, and a * that ends the pattern matches the rest of the
+// URI, so that spiffe://*/route/db/* takes every client issued for route
+// db (spiffe://TRUST_DOMAIN/route/db/client/ID) but no URI whose trust
+// domain or route merely contains "/route/db/". Everything else is literal.
 const (
 	patternAny = "*"
 	prefixCN   = "cn:"
@@ -83,7 +87,7 @@ func (cp ClientPatterns) Allows(id Identity) bool {
 			}
 		case strings.HasPrefix(p, prefixURI):
 			for _, u := range id.URIs {
-				if glob(p[len(prefixURI):], u) {
+				if globPath(p[len(prefixURI):], u) {
 					return true
 				}
 			}
@@ -148,4 +152,41 @@ func glob(pattern, s string) bool {
 		p++
 	}
 	return p == len(pattern)
+}
+
+// globPath matches s against a uri: pattern: * within one '/'-separated
+// segment, ** across segments, and a * at the end of the pattern across
+// them too. It runs over every pair of pattern and URI positions, which is
+// bounded: patterns come from the config and URIs from certificates the
+// space CA signed, checked only after their chain.
+func globPath(pattern, s string) bool {
+	// m[j] reports whether the pattern read so far matches s[:j].
+	m := make([]bool, len(s)+1)
+	next := make([]bool, len(s)+1)
+	m[0] = true
+	for i := 0; i < len(pattern); i++ {
+		switch {
+		case pattern[i] == '*' && (i+1 == len(pattern) || pattern[i+1] == '*'):
+			if i+1 < len(pattern) {
+				i++ // "**"
+			}
+			seen := false
+			for j := range m {
+				seen = seen || m[j]
+				next[j] = seen
+			}
+		case pattern[i] == '*':
+			next[0] = m[0]
+			for j := 1; j <= len(s); j++ {
+				next[j] = m[j] || next[j-1] && s[j-1] != '/'
+			}
+		default:
+			next[0] = false
+			for j := 1; j <= len(s); j++ {
+				next[j] = m[j-1] && pattern[i] == s[j-1]
+			}
+		}
+		m, next = next, m
+	}
+	return m[len(s)]
 }

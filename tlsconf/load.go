@@ -7,9 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"slices"
 	"time"
+
+	"github.com/spacegate/spacegate/internal/safefile"
 )
 
 // Files names the PEM files of one TLS setup. CRLFile is optional: "" means
@@ -87,20 +88,21 @@ func Load(f Files) (*Material, error) {
 	return m, nil
 }
 
-// readPEM reads the file at path and decodes its PEM blocks. what names the
-// file's role in errors ("certificate file").
-func readPEM(what, path string) ([]byte, error) {
+// readPEM reads the file at path, of at most lim.Max bytes, for
+// decoding. what names the file's role in errors ("certificate file").
+// Anything but a regular file is refused (see [safefile.ReadFile]).
+func readPEM(what string, lim safefile.Limit, path string) ([]byte, error) {
 	if path == "" {
 		return nil, fmt.Errorf("%s: %w", what, errNoFile)
 	}
-	data, err := os.ReadFile(path)
+	data, err := safefile.ReadFile(path, safefile.Limit{Kind: what, Max: lim.Max})
 	if err != nil {
 		// The path is already in our message; keep only the cause.
 		var pe *fs.PathError
 		if errors.As(err, &pe) {
-			err = pe.Err
+			return nil, fmt.Errorf("reading %s %q: %w", what, path, pe.Err)
 		}
-		return nil, fmt.Errorf("reading %s %q: %w", what, path, err)
+		return nil, err // it names the file and its role
 	}
 	return data, nil
 }
@@ -109,7 +111,7 @@ func readPEM(what, path string) ([]byte, error) {
 func loadKeyPair(certFile, keyFile string) (tls.Certificate, error) {
 	var errs []error
 	var certs []*x509.Certificate
-	if data, err := readPEM("certificate file", certFile); err != nil {
+	if data, err := readPEM("certificate file", safefile.Certificate, certFile); err != nil {
 		errs = append(errs, err)
 	} else if certs, err = parseCertsPEM(data); err != nil {
 		errs = append(errs, fmt.Errorf("certificate file %q: %w", certFile, err))
@@ -124,7 +126,7 @@ func loadKeyPair(certFile, keyFile string) (tls.Certificate, error) {
 	}
 
 	var key crypto.Signer
-	if data, err := readPEM("key file", keyFile); err != nil {
+	if data, err := readPEM("key file", safefile.Key, keyFile); err != nil {
 		errs = append(errs, err)
 	} else if key, err = parseKeyPEM(data); err != nil {
 		errs = append(errs, fmt.Errorf("key file %q: %w", keyFile, err))
@@ -144,7 +146,7 @@ func loadKeyPair(certFile, keyFile string) (tls.Certificate, error) {
 
 // loadCAs loads the client CA bundle.
 func loadCAs(path string) ([]*x509.Certificate, *x509.CertPool, error) {
-	data, err := readPEM("client CA file", path)
+	data, err := readPEM("client CA file", safefile.CABundle, path)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -162,7 +164,7 @@ func loadCAs(path string) ([]*x509.Certificate, *x509.CertPool, error) {
 // bundle failed to load, which is reported on its own) the signature is not
 // checked.
 func loadCRL(path, caFile string, cas []*x509.Certificate) (*x509.RevocationList, error) {
-	data, err := readPEM("CRL file", path)
+	data, err := readPEM("CRL file", safefile.CRL, path)
 	if err != nil {
 		return nil, err
 	}

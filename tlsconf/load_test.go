@@ -6,10 +6,14 @@ import (
 	"encoding/pem"
 	"errors"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/spacegate/spacegate/internal/safefile"
 )
 
 func TestLoad(t *testing.T) {
@@ -51,6 +55,34 @@ func TestLoad(t *testing.T) {
 			edit:     func(_ *testing.T, dir string, f *Files) { f.CertFile = filepath.Join(dir, "nope.crt") },
 			wantErrs: []error{fs.ErrNotExist},
 			wantText: []string{"reading certificate file", "nope.crt"},
+		},
+		{
+			name: "CRL file is a FIFO",
+			edit: func(t *testing.T, dir string, f *Files) {
+				f.CRLFile = filepath.Join(dir, "fifo.crl")
+				if err := syscall.Mkfifo(f.CRLFile, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			},
+			wantErrs: []error{safefile.ErrNotRegular},
+			wantText: []string{"CRL file ", "fifo.crl is a FIFO (named pipe), not a regular file"},
+		},
+		{
+			name:     "client CA file is /dev/zero",
+			edit:     func(_ *testing.T, _ string, f *Files) { f.ClientCAFile = "/dev/zero" },
+			wantErrs: []error{safefile.ErrNotRegular},
+			wantText: []string{"client CA file /dev/zero is a character device"},
+		},
+		{
+			name: "key file over its limit",
+			edit: func(t *testing.T, dir string, f *Files) {
+				f.KeyFile = writeFile(t, dir, "server.key", nil)
+				if err := os.Truncate(f.KeyFile, safefile.Key.Max+1); err != nil {
+					t.Fatal(err)
+				}
+			},
+			wantErrs: []error{safefile.ErrTooLarge},
+			wantText: []string{"server.key is 1048577 bytes; the limit for a key file is 1 MiB"},
 		},
 		{
 			name:     "empty file name",

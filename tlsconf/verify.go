@@ -93,8 +93,8 @@ func (e *VerifyError) Error() string {
 	id := &e.Identity
 	switch e.Reason {
 	case ReasonCertMissing:
-		return "no client certificate was presented; this gate requires a certificate signed by the space CA " +
-			"(libpq: set sslcert and sslkey, or PGSSLCERT and PGSSLKEY; a wrong path is silently ignored by libpq)"
+		// How to present one depends on the client: the caller adds that.
+		return "no client certificate was presented; this gate requires a certificate signed by the space CA"
 	case ReasonCertUntrusted:
 		return fmt.Sprintf("client certificate (serial %s, subject %s) is not signed by the space CA (its issuer is %s)",
 			id.Serial, orNone(id.Subject), orNone(id.Issuer))

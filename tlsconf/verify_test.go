@@ -62,7 +62,7 @@ func TestVerify(t *testing.T) {
 		{"no EKU means any", []*x509.Certificate{noEKU.Cert}, ReasonOK, nil},
 		{"second CA of bundle", []*x509.Certificate{fromSecond.Cert}, ReasonOK, nil},
 		{"via intermediate sent by client", []*x509.Certificate{viaInter.Cert, inter.Cert}, ReasonOK, nil},
-		{"no cert", nil, ReasonCertMissing, []string{"no client certificate", "sslcert"}},
+		{"no cert", nil, ReasonCertMissing, []string{"no client certificate", "signed by the space CA"}},
 		{"nil leaf", []*x509.Certificate{nil}, ReasonCertMissing, []string{"no client certificate"}},
 		{"expired", []*x509.Certificate{expired.Cert}, ReasonCertExpired,
 			[]string{serial(expired), formatTime(expired.Cert.NotAfter), "expired on"}},

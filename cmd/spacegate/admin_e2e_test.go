@@ -118,7 +118,7 @@ func TestAdminWorkflow(t *testing.T) {
 		t.Errorf("deleted rule has status %q", gone.Status)
 	}
 	g = restartGate(t, g, e.config)
-	st, err := fetchStatus(context.Background(), "http://"+e.admin)
+	st, err := fetchStatus(context.Background(), gateAdmin{base: "http://" + e.admin})
 	if err != nil {
 		t.Fatal(err)
 	}

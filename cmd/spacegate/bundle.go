@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/spacegate/spacegate/internal/atomicfile"
+	"github.com/spacegate/spacegate/internal/safefile"
 	"github.com/spacegate/spacegate/tlsconf"
 )
 
@@ -148,9 +149,10 @@ func containsCert(certs []*x509.Certificate, c *x509.Certificate) bool {
 	return false
 }
 
-// readCertFile returns the certificates of a PEM file, in order.
+// readCertFile returns the certificates of a PEM file (a certificate chain
+// or a CA bundle), in order.
 func readCertFile(path string) ([]*x509.Certificate, error) {
-	data, err := os.ReadFile(path)
+	data, err := safefile.ReadFile(path, safefile.CABundle)
 	if err != nil {
 		return nil, err
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -31,18 +32,23 @@ type checkResult struct {
 	Config   string   `json:"config"`
 	OK       bool     `json:"ok"`
 	Problems []string `json:"problems"`
+	Warnings []string `json:"warnings"` // do not fail the check: a CRL past its nextUpdate, a rule for a whole address family
 	Routes   []string `json:"routes,omitempty"`
 }
 
 // runCheck validates the config at path; it returns an error (exit 1) when
 // there is any problem, after printing all of them.
 func runCheck(w io.Writer, path string, asJSON bool) error {
-	res := checkResult{Config: path, Problems: []string{}}
+	res := checkResult{Config: path, Problems: []string{}, Warnings: []string{}}
 	snap, err := proxy.Check(path)
 	if err == nil {
 		for _, r := range snap.Routes {
 			res.Routes = append(res.Routes, fmt.Sprintf("%s: %s %s -> %s, %d IP rules", r.Name, r.Protocol, r.Listen, r.Upstream, r.Matcher.Len()))
 		}
+		for _, c := range snap.StaleCRLs(time.Now()) {
+			res.Warnings = append(res.Warnings, c.String())
+		}
+		res.Warnings = append(res.Warnings, snap.Warnings()...)
 	}
 	for _, p := range proxy.Problems(err) {
 		res.Problems = append(res.Problems, p.Error())
@@ -55,6 +61,9 @@ func runCheck(w io.Writer, path string, asJSON bool) error {
 			return err
 		}
 	} else if res.OK {
+		for _, warn := range res.Warnings {
+			fmt.Fprintf(w, "warning: %s\n", warn)
+		}
 		fmt.Fprintf(w, "%s: OK\n", path)
 		for _, r := range res.Routes {
 			fmt.Fprintf(w, "  route %s\n", r)

@@ -3,10 +3,15 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"os"
 	"slices"
 	"time"
+
+	"github.com/spf13/cobra"
 
 	"github.com/spacegate/spacegate/proxy"
 )
@@ -19,7 +24,89 @@ const (
 	ruleDeleted     = "deleted"     // gone from the file and the gate
 	ruleUnreachable = "unknown: gate not reachable"
 	ruleNoAdmin     = "unknown: no admin.listen in the config"
+	ruleNoToken     = "unknown: the gate refused the admin token (pass --admin-token-file)"
 )
+
+// adminTokenEnv names the admin token file when --admin-token-file does not.
+const adminTokenEnv = "SPACEGATE_ADMIN_TOKEN_FILE"
+
+// gateAdmin is the running gate's admin endpoint as the CLI asks it.
+type gateAdmin struct {
+	base      string       // "" when the config has no admin.listen
+	token     []byte       // sent as Authorization: Bearer; nil sends none
+	tokenFile string       // where token came from, for messages
+	client    *http.Client // nil means http.DefaultClient
+}
+
+// adminTokenFlag adds --admin-token-file to cmd.
+func adminTokenFlag(cmd *cobra.Command, p *string) {
+	cmd.Flags().StringVar(p, "admin-token-file", "", "file holding the gate's admin bearer token (default $"+adminTokenEnv+", else admin.token_file of the config)")
+}
+
+// newGateAdmin returns the endpoint at base with its token: the file of
+// --admin-token-file, else of $SPACEGATE_ADMIN_TOKEN_FILE, else the
+// config's admin.token_file (cfg may be nil). A token file that cannot be
+// read is an error, before the command changes anything.
+func newGateAdmin(base, flag string, cfg *proxy.Config) (gateAdmin, error) {
+	g := gateAdmin{base: base}
+	switch {
+	case flag != "":
+		g.tokenFile = flag
+	case os.Getenv(adminTokenEnv) != "":
+		g.tokenFile = os.Getenv(adminTokenEnv)
+	case cfg != nil:
+		g.tokenFile = cfg.Admin.TokenFile
+	}
+	if g.tokenFile == "" {
+		return g, nil
+	}
+	tok, err := proxy.ReadTokenFile(g.tokenFile)
+	if err != nil {
+		return g, withHint(fmt.Errorf("admin token: %w", err),
+			"the file must hold the token of the gate's admin.token_file; pass it with --admin-token-file FILE or $%s", adminTokenEnv)
+	}
+	g.token = tok
+	return g, nil
+}
+
+// errAdminToken is a 401 from the admin endpoint.
+var errAdminToken = errors.New("the gate's admin endpoint wants its token")
+
+// get returns the body of path, bounded to 64 MiB (far beyond a gate's
+// /metrics). A 401 is errAdminToken, with a hint to pass the token.
+func (g gateAdmin) get(ctx context.Context, path string) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, g.base+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	if g.token != nil {
+		req.Header.Set("Authorization", "Bearer "+string(g.token))
+	}
+	client := g.client
+	if client == nil {
+		client = http.DefaultClient
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	switch {
+	case resp.StatusCode == http.StatusUnauthorized && g.token == nil:
+		return nil, withHint(fmt.Errorf("%s%s: %s: %w", g.base, path, resp.Status, errAdminToken),
+			"pass the file of the gate's admin.token_file with --admin-token-file FILE or $%s", adminTokenEnv)
+	case resp.StatusCode == http.StatusUnauthorized:
+		return nil, withHint(fmt.Errorf("%s%s: %s: the gate refused the admin token of %s: %w", g.base, path, resp.Status, g.tokenFile, errAdminToken),
+			"is %s the file of the gate's admin.token_file, and did the gate reload since it changed?", g.tokenFile)
+	case resp.StatusCode != http.StatusOK:
+		return nil, fmt.Errorf("%s%s: %s", g.base, path, resp.Status)
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return nil, fmt.Errorf("%s%s: %w", g.base, path, err)
+	}
+	return body, nil
+}
 
 // statusTimeout bounds one query of the admin endpoint: a gate that does
 // not answer in a second is reported as not reachable.
@@ -33,14 +120,17 @@ type gateRules struct {
 	unknown string
 }
 
-// fetchGateRules asks the admin endpoint at base for the rules in force.
-func fetchGateRules(ctx context.Context, base string) gateRules {
-	if base == "" {
+// fetchGateRules asks the admin endpoint for the rules in force.
+func fetchGateRules(ctx context.Context, admin gateAdmin) gateRules {
+	if admin.base == "" {
 		return gateRules{unknown: ruleNoAdmin}
 	}
 	ctx, cancel := context.WithTimeout(ctx, statusTimeout)
 	defer cancel()
-	st, err := fetchStatus(ctx, base)
+	st, err := fetchStatus(ctx, admin)
+	if errors.Is(err, errAdminToken) {
+		return gateRules{unknown: ruleNoToken}
+	}
 	if err != nil {
 		return gateRules{unknown: ruleUnreachable}
 	}
@@ -51,22 +141,14 @@ func fetchGateRules(ctx context.Context, base string) gateRules {
 	return g
 }
 
-func fetchStatus(ctx context.Context, base string) (*proxy.Status, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/status", nil)
+func fetchStatus(ctx context.Context, admin gateAdmin) (*proxy.Status, error) {
+	body, err := admin.get(ctx, "/v1/status")
 	if err != nil {
 		return nil, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("%s/v1/status: %s", base, resp.Status)
 	}
 	var st proxy.Status
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
-		return nil, fmt.Errorf("%s/v1/status: %w", base, err)
+	if err := json.Unmarshal(body, &st); err != nil {
+		return nil, fmt.Errorf("%s/v1/status: %w", admin.base, err)
 	}
 	return &st, nil
 }
@@ -97,10 +179,10 @@ func (g gateRules) deletedStatus(route, id string) string {
 
 // awaitRule polls the gate until want(status) holds or wait passes, and
 // returns the last status. It does not wait when the gate cannot be asked.
-func awaitRule(ctx context.Context, base string, wait time.Duration, status func(gateRules) string, want string) string {
+func awaitRule(ctx context.Context, admin gateAdmin, wait time.Duration, status func(gateRules) string, want string) string {
 	deadline := time.Now().Add(wait)
 	for {
-		g := fetchGateRules(ctx, base)
+		g := fetchGateRules(ctx, admin)
 		st := status(g)
 		if st == want || g.unknown != "" || time.Now().After(deadline) {
 			return st

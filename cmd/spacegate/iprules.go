@@ -22,14 +22,16 @@ const ruleWait = 2 * time.Second
 
 // ipRulesFlags are the flags shared by the ip-rules commands.
 type ipRulesFlags struct {
-	config string
-	admin  string
-	json   bool
+	config    string
+	admin     string
+	tokenFile string
+	json      bool
 }
 
 func (f *ipRulesFlags) add(cmd *cobra.Command, withJSON bool) {
 	configFlag(cmd, &f.config)
 	cmd.Flags().StringVar(&f.admin, "admin", "", "admin endpoint of the running gate, to show rule status (default from admin.listen)")
+	adminTokenFlag(cmd, &f.tokenFile)
 	if withJSON {
 		cmd.Flags().BoolVar(&f.json, "json", false, "print JSON")
 	}
@@ -54,7 +56,7 @@ func newIPRulesCreateCmd() *cobra.Command {
 			if err := requireFlags(cmd, "cidr", "description"); err != nil {
 				return err
 			}
-			return runIPRulesCreate(cmd.Context(), cmd.OutOrStdout(), f, args[0], cidr, desc)
+			return runIPRulesCreate(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), f, args[0], cidr, desc)
 		},
 	}
 	f.add(cmd, true)
@@ -114,6 +116,7 @@ type ruleView struct {
 	ID          string    `json:"id"`
 	Status      string    `json:"status"`
 	UpdatedAt   time.Time `json:"updated_at"`
+	Warning     string    `json:"warning,omitempty"` // create only: the block admits a whole address family
 }
 
 func viewRule(r allowlist.Rule, status string) ruleView {
@@ -158,8 +161,12 @@ func seeRules(err error, routeName string) error {
 	return withHint(err, "see the rules with: spacegate ip-rules list %s", routeName)
 }
 
-func runIPRulesCreate(ctx context.Context, w io.Writer, f ipRulesFlags, routeName, cidrText, desc string) error {
+func runIPRulesCreate(ctx context.Context, w, ew io.Writer, f ipRulesFlags, routeName, cidrText, desc string) error {
 	e, route, store, err := openRules(f.config, routeName)
+	if err != nil {
+		return err
+	}
+	admin, err := newGateAdmin(e.adminURL(f.admin), f.tokenFile, e.cfg)
 	if err != nil {
 		return err
 	}
@@ -183,9 +190,27 @@ func runIPRulesCreate(ctx context.Context, w io.Writer, f ipRulesFlags, routeNam
 	if err := audit(ctx, e.pkiDir, auditEntry{Action: "ip_rule.create", Route: routeName, ID: rule.ID, CIDR: rule.CIDR.String(), Description: desc}); err != nil {
 		return err
 	}
-	base := e.adminURL(f.admin)
-	st := awaitRule(ctx, base, ruleWait, func(g gateRules) string { return g.status(routeName, rule.ID) }, ruleAuthorized)
-	return viewRule(rule, st).write(w, f.json)
+	st := awaitRule(ctx, admin, ruleWait, func(g gateRules) string { return g.status(routeName, rule.ID) }, ruleAuthorized)
+	v := viewRule(rule, st)
+	if v.Warning = familyWarning(cidrText, cidr, routeName); v.Warning != "" && !f.json {
+		fmt.Fprintf(ew, "warning: %s\n", v.Warning)
+	}
+	return v.write(w, f.json)
+}
+
+// familyWarning warns of a block that admits a whole address family, or
+// returns "". The rule is still made: a route open to everyone with a
+// certificate can be what is meant.
+func familyWarning(written string, cidr netip.Prefix, routeName string) string {
+	fam := allowlist.WholeFamily(cidr)
+	if fam == "" {
+		return ""
+	}
+	what := cidr.String()
+	if written != what {
+		what = fmt.Sprintf("%s (the %s block %s)", written, fam, cidr)
+	}
+	return fmt.Sprintf("%s admits every %s address: only the client certificate keeps strangers out of route %s", what, fam, routeName)
 }
 
 // parseRuleCIDR parses the --cidr of a new rule, with the fix as a hint.
@@ -208,11 +233,15 @@ func runIPRulesList(ctx context.Context, w io.Writer, f ipRulesFlags, routeName 
 	if err != nil {
 		return err
 	}
+	admin, err := newGateAdmin(e.adminURL(f.admin), f.tokenFile, e.cfg)
+	if err != nil {
+		return err
+	}
 	rules, err := store.Load()
 	if err != nil {
 		return err
 	}
-	g := fetchGateRules(ctx, e.adminURL(f.admin))
+	g := fetchGateRules(ctx, admin)
 	views := []ruleView{}
 	for _, r := range rules.Rules {
 		views = append(views, viewRule(r, g.status(routeName, r.ID)))
@@ -237,6 +266,10 @@ func runIPRulesGet(ctx context.Context, w io.Writer, f ipRulesFlags, routeName, 
 	if err != nil {
 		return err
 	}
+	admin, err := newGateAdmin(e.adminURL(f.admin), f.tokenFile, e.cfg)
+	if err != nil {
+		return err
+	}
 	rule, err := store.Get(id)
 	if errors.Is(err, allowlist.ErrRuleNotFound) {
 		return seeRules(err, routeName)
@@ -244,12 +277,16 @@ func runIPRulesGet(ctx context.Context, w io.Writer, f ipRulesFlags, routeName, 
 	if err != nil {
 		return err
 	}
-	g := fetchGateRules(ctx, e.adminURL(f.admin))
+	g := fetchGateRules(ctx, admin)
 	return viewRule(rule, g.status(routeName, rule.ID)).write(w, f.json)
 }
 
 func runIPRulesDelete(ctx context.Context, w io.Writer, f ipRulesFlags, routeName, id string) error {
 	e, _, store, err := openRules(f.config, routeName)
+	if err != nil {
+		return err
+	}
+	admin, err := newGateAdmin(e.adminURL(f.admin), f.tokenFile, e.cfg)
 	if err != nil {
 		return err
 	}
@@ -263,7 +300,6 @@ func runIPRulesDelete(ctx context.Context, w io.Writer, f ipRulesFlags, routeNam
 	if err := audit(ctx, e.pkiDir, auditEntry{Action: "ip_rule.delete", Route: routeName, ID: rule.ID, CIDR: rule.CIDR.String(), Description: rule.Description}); err != nil {
 		return err
 	}
-	base := e.adminURL(f.admin)
-	st := awaitRule(ctx, base, ruleWait, func(g gateRules) string { return g.deletedStatus(routeName, rule.ID) }, ruleDeleted)
+	st := awaitRule(ctx, admin, ruleWait, func(g gateRules) string { return g.deletedStatus(routeName, rule.ID) }, ruleDeleted)
 	return viewRule(rule, st).write(w, f.json)
 }

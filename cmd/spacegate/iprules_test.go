@@ -189,3 +189,47 @@ func TestIPRulesParallelCreate(t *testing.T) {
 		t.Errorf("temporary files left behind: %v", matches)
 	}
 }
+
+// TestIPRulesCreateWholeFamily: a block that admits a whole address family
+// is created with a warning (stderr; a field with --json), and `check`
+// warns of it without failing.
+func TestIPRulesCreateWholeFamily(t *testing.T) {
+	e := newAdminEnv(t, "127.0.0.1:1", "127.0.0.1:1")
+	for _, tc := range []struct{ cidr, want string }{
+		{"0.0.0.0/0", "warning: 0.0.0.0/0 admits every IPv4 address: only the client certificate keeps strangers out of route db\n"},
+		{"::ffff:0.0.0.0/96", ""}, // the same block as 0.0.0.0/0: refused as a duplicate
+		{"::/0", "warning: ::/0 admits every IPv6 address"},
+		{"10.0.0.0/8", ""},
+	} {
+		code, stdout, stderr := e.run(t, "ip-rules", "create", "db", "--cidr", tc.cidr, "--description", "everyone")
+		switch {
+		case tc.cidr == "::ffff:0.0.0.0/96":
+			if code == exitOK || !strings.Contains(stderr, "0.0.0.0/0") {
+				t.Errorf("create %s after 0.0.0.0/0: exit %d, stderr %q; want a duplicate", tc.cidr, code, stderr)
+			}
+		case code != exitOK || !strings.Contains(stdout, "cidr: ") || strings.Contains(stdout, "warning"):
+			t.Errorf("create %s: exit %d\nstdout: %s\nstderr: %s", tc.cidr, code, stdout, stderr)
+		case tc.want == "" && stderr != "", tc.want != "" && !strings.HasPrefix(stderr, tc.want):
+			t.Errorf("create %s: stderr %q, want %q", tc.cidr, stderr, tc.want)
+		}
+	}
+
+	var v ruleView
+	e.mustJSON(t, &v, "ip-rules", "create", "cache", "--cidr", "::ffff:0.0.0.0/96", "--description", "all of IPv4")
+	if want := "::ffff:0.0.0.0/96 (the IPv4 block 0.0.0.0/0) admits every IPv4 address: only the client certificate keeps strangers out of route cache"; v.CIDR != "0.0.0.0/0" || v.Warning != want {
+		t.Errorf("create --json: cidr %s, warning %q; want %q", v.CIDR, v.Warning, want)
+	}
+
+	code, stdout, stderr := e.run(t, "check")
+	if code != exitOK || !strings.Contains(stdout, "OK\n") ||
+		!strings.Contains(stdout, "warning: route db: "+e.path("rules", "db.yaml")+": the rule at line ") ||
+		!strings.Contains(stdout, "(0.0.0.0/0, id ") || !strings.Contains(stdout, "admits every IPv6 address") ||
+		!strings.Contains(stdout, "warning: route cache: ") {
+		t.Errorf("check: exit %d\nstdout: %s\nstderr: %s", code, stdout, stderr)
+	}
+	var res checkResult
+	e.mustJSON(t, &res, "check")
+	if !res.OK || len(res.Warnings) != 3 {
+		t.Errorf("check --json: %+v, want OK with 3 warnings", res)
+	}
+}

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"net/http"
 	"slices"
 	"strconv"
 	"strings"
@@ -83,9 +82,10 @@ type certExpiry struct {
 }
 
 type statusFlags struct {
-	config string
-	admin  string
-	json   bool
+	config    string
+	admin     string
+	tokenFile string
+	json      bool
 }
 
 func newStatusCmd() *cobra.Command {
@@ -94,7 +94,8 @@ func newStatusCmd() *cobra.Command {
 		Use:   "status",
 		Short: "Show the running gate: routes, rules in force, live connections, certificate expiries",
 		Long: "Ask the running gate's admin endpoint (admin.listen of the config, or --admin URL) for its routes,\n" +
-			"the IP rules in force, live connections and the nearest certificate expiries.",
+			"the IP rules in force, live connections and the nearest certificate expiries.\n" +
+			"The admin token is read from --admin-token-file, else $" + adminTokenEnv + ", else admin.token_file of the config.",
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runStatus(cmd.Context(), cmd.OutOrStdout(), f)
@@ -102,16 +103,21 @@ func newStatusCmd() *cobra.Command {
 	}
 	configFlag(cmd, &f.config)
 	cmd.Flags().StringVar(&f.admin, "admin", "", "admin endpoint of the running gate, such as http://127.0.0.1:9187 (default from admin.listen)")
+	adminTokenFlag(cmd, &f.tokenFile)
 	cmd.Flags().BoolVar(&f.json, "json", false, "print JSON")
 	return cmd
 }
 
 func runStatus(ctx context.Context, w io.Writer, f statusFlags) error {
-	base, err := statusAdminURL(f)
+	base, cfg, err := statusAdminURL(f)
 	if err != nil {
 		return err
 	}
-	rep, err := queryStatus(ctx, http.DefaultClient, base)
+	admin, err := newGateAdmin(base, f.tokenFile, cfg)
+	if err != nil {
+		return err
+	}
+	rep, err := queryStatus(ctx, admin)
 	if err != nil {
 		return err
 	}
@@ -122,35 +128,39 @@ func runStatus(ctx context.Context, w io.Writer, f statusFlags) error {
 }
 
 // statusAdminURL returns the base URL of the admin endpoint: --admin, else
-// admin.listen of the config.
-func statusAdminURL(f statusFlags) (string, error) {
+// admin.listen of the config, which it returns too (nil with --admin).
+func statusAdminURL(f statusFlags) (string, *proxy.Config, error) {
 	if f.admin != "" {
 		u := strings.TrimSuffix(f.admin, "/")
 		if !strings.Contains(u, "://") {
 			u = "http://" + u
 		}
-		return u, nil
+		return u, nil, nil
 	}
 	path := configPath(f.config)
 	cfg, err := proxy.LoadConfig(path)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return "", withHint(err, "pass the gate's admin endpoint with --admin URL, or its config with --config FILE")
+			return "", nil, withHint(err, "pass the gate's admin endpoint with --admin URL, or its config with --config FILE")
 		}
-		return "", problemsError(err)
+		return "", nil, problemsError(err)
 	}
 	base := adminURLFromListen(cfg.Admin.Listen)
 	if base == "" {
-		return "", withHint(fmt.Errorf("%s has no admin.listen, so the gate has no admin endpoint to ask", path),
+		return "", nil, withHint(fmt.Errorf("%s has no admin.listen, so the gate has no admin endpoint to ask", path),
 			"set admin.listen (such as 127.0.0.1:9187) and reload the gate, or pass --admin URL")
 	}
-	return base, nil
+	return base, cfg, nil
 }
 
-// queryStatus reads /v1/status and /metrics of the gate at base. Only
-// /v1/status is required; without /metrics the report says why.
-func queryStatus(ctx context.Context, client *http.Client, base string) (*statusReport, error) {
-	body, err := adminGet(ctx, client, base, "/v1/status")
+// queryStatus reads /v1/status and /metrics of the gate. Only /v1/status
+// is required; without /metrics the report says why.
+func queryStatus(ctx context.Context, admin gateAdmin) (*statusReport, error) {
+	base := admin.base
+	body, err := adminGet(ctx, admin, "/v1/status")
+	if errors.Is(err, errAdminToken) {
+		return nil, err
+	}
 	if err != nil {
 		return nil, withHint(fmt.Errorf("gate not reachable: %w", err),
 			"is `spacegate serve` running? pass its admin endpoint with --admin URL (admin.listen)")
@@ -187,7 +197,7 @@ func queryStatus(ctx context.Context, client *http.Client, base string) (*status
 		}
 		rep.Routes = append(rep.Routes, rr)
 	}
-	body, err = adminGet(ctx, client, base, "/metrics")
+	body, err = adminGet(ctx, admin, "/metrics")
 	if err == nil {
 		err = rep.addMetrics(body)
 	}
@@ -215,28 +225,12 @@ func queryStatus(ctx context.Context, client *http.Client, base string) (*status
 	return rep, nil
 }
 
-// adminGet returns the body of path on the admin endpoint at base.
-func adminGet(ctx context.Context, client *http.Client, base, path string) ([]byte, error) {
+// adminGet returns the body of path on the admin endpoint, within
+// statusQueryTimeout.
+func adminGet(ctx context.Context, admin gateAdmin, path string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, statusQueryTimeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+path, nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("%s%s: %s", base, path, resp.Status)
-	}
-	// 64 MiB: far beyond a gate's /metrics, yet bounded.
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return nil, fmt.Errorf("%s%s: %w", base, path, err)
-	}
-	return body, nil
+	return admin.get(ctx, path)
 }
 
 // addMetrics folds the certificate expiries and upstream failures of a

@@ -202,7 +202,7 @@ func TestStatusMetricsMissing(t *testing.T) {
 	}))
 	defer srv.Close()
 
-	rep, err := queryStatus(context.Background(), srv.Client(), srv.URL)
+	rep, err := queryStatus(context.Background(), gateAdmin{base: srv.URL, client: srv.Client()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -46,6 +46,11 @@ type serviceMonitor struct {
 			Path          string `json:"path"`
 			Interval      string `json:"interval"`
 			ScrapeTimeout string `json:"scrapeTimeout"`
+			// Authorization is the CRD's SafeAuthorization.
+			Authorization *struct {
+				Type        string                    `json:"type"`
+				Credentials *corev1.SecretKeySelector `json:"credentials"`
+			} `json:"authorization"`
 		} `json:"endpoints"`
 	} `json:"spec"`
 }
@@ -78,7 +83,8 @@ type certificate struct {
 // gate's own parser checks the whole file, in cmd/spacegate's tests.
 type gateConfig struct {
 	Admin struct {
-		Listen string `json:"listen"`
+		Listen    string `json:"listen"`
+		TokenFile string `json:"token_file"`
 	} `json:"admin"`
 	TLS           map[string]string `json:"tls"`
 	ProxyProtocol struct {
@@ -258,8 +264,8 @@ func TestChartRenders(t *testing.T) {
 			}) {
 				t.Errorf("a route on port 443 but no net.ipv4.ip_unprivileged_port_start sysctl: %+v", sc.Sysctls)
 			}
-			if len(r.secrets) != 2 {
-				t.Errorf("secrets = %d, want the TLS and the space CA Secret from the PEM values", len(r.secrets))
+			if len(r.secrets) != 3 {
+				t.Errorf("secrets = %d, want the TLS and the space CA Secret from the PEM values, and the admin token", len(r.secrets))
 			}
 		}},
 		{"cert-manager", []string{"ci/certmanager-values.yaml"}, func(t *testing.T, r *rendered) {
@@ -383,6 +389,12 @@ func checkPod(t *testing.T, r *rendered) {
 	if p := c.ReadinessProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/readyz" || p.HTTPGet.Port.String() != "admin" {
 		t.Errorf("readinessProbe %+v, want GET /readyz on the admin port (503 from SIGTERM on)", p)
 	}
+	// The probes hit the paths the gate serves without the admin token.
+	for name, p := range map[string]*corev1.Probe{"readiness": c.ReadinessProbe, "liveness": c.LivenessProbe, "startup": c.StartupProbe} {
+		if p == nil || p.HTTPGet == nil || (p.HTTPGet.Path != "/healthz" && p.HTTPGet.Path != "/readyz") {
+			t.Errorf("%s probe %+v, want GET /healthz or /readyz, which need no admin token", name, p)
+		}
+	}
 	if !slices.ContainsFunc(c.Ports, func(p corev1.ContainerPort) bool { return p.Name == "admin" }) {
 		t.Errorf("no container port named admin")
 	}
@@ -442,7 +454,10 @@ func checkConfig(t *testing.T, r *rendered) {
 		t.Errorf("serve --config %s is not in the config volume", cfgPath)
 	}
 	cfg := r.config(t)
-	var files []string
+	if cfg.Admin.TokenFile == "" {
+		t.Errorf("admin.listen %s without admin.token_file: the gate refuses an admin endpoint on the pod's address without a token", cfg.Admin.Listen)
+	}
+	files := []string{cfg.Admin.TokenFile}
 	for k, v := range cfg.TLS {
 		if strings.HasSuffix(k, "_file") {
 			files = append(files, v)
@@ -464,6 +479,14 @@ func checkConfig(t *testing.T, r *rendered) {
 		// Volumes the chart fills: the key must be there.
 		v := r.volume(t, m.Name)
 		key := strings.TrimPrefix(f, strings.TrimSuffix(m.MountPath, "/")+"/")
+		if v.Secret != nil && len(v.Secret.Items) > 0 {
+			i := slices.IndexFunc(v.Secret.Items, func(it corev1.KeyToPath) bool { return it.Path == key })
+			if i < 0 {
+				t.Errorf("the config names %s, but volume %s maps no key to %s", f, m.Name, key)
+				continue
+			}
+			key = v.Secret.Items[i].Key
+		}
 		switch {
 		case v.ConfigMap != nil && r.configMaps[v.ConfigMap.Name] != nil:
 			if _, ok := r.configMaps[v.ConfigMap.Name].Data[key]; !ok {
@@ -581,11 +604,70 @@ func checkServiceMonitor(t *testing.T, r *rendered) {
 	if job := scraped[0].Labels[sm.Spec.JobLabel]; job != "spacegate" {
 		t.Errorf("the ServiceMonitor's job would be %q (label %q), want spacegate", job, sm.Spec.JobLabel)
 	}
+	token := r.adminToken(t)
 	for _, e := range sm.Spec.Endpoints {
 		if e.Port != "admin" || e.Path != "/metrics" {
 			t.Errorf("ServiceMonitor endpoint %+v, want port admin, path /metrics", e)
 		}
+		if a := e.Authorization; a == nil || a.Type != "Bearer" || a.Credentials == nil || *a.Credentials != token {
+			t.Errorf("ServiceMonitor endpoint authorization %+v, want Bearer from %+v, the token the gates read", a, token)
+		}
 	}
+}
+
+// adminToken returns the Secret and key the gates read their admin token
+// from: the file admin.token_file names in its volume.
+func (r *rendered) adminToken(t *testing.T) corev1.SecretKeySelector {
+	t.Helper()
+	f := r.config(t).Admin.TokenFile
+	m, ok := r.mountOf(f)
+	if !ok {
+		t.Fatalf("no volume holds admin.token_file %s", f)
+	}
+	v := r.volume(t, m.Name)
+	if v.Secret == nil {
+		t.Fatalf("admin.token_file %s is in volume %s, not a Secret", f, m.Name)
+	}
+	sel := corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: v.Secret.SecretName}, Key: filepath.Base(f)}
+	for _, it := range v.Secret.Items {
+		if it.Path == filepath.Base(f) {
+			sel.Key = it.Key
+		}
+	}
+	return sel
+}
+
+// TestChartAdminToken: by default the chart makes the token's Secret;
+// with admin.token.existingSecret the gates and the ServiceMonitor read
+// that one, and the chart makes none.
+func TestChartAdminToken(t *testing.T) {
+	out, err := helmTemplate(t, []string{"ci/full-values.yaml"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := decode(t, out)
+	tok := r.adminToken(t)
+	s := r.secrets[tok.Name]
+	if s == nil {
+		t.Fatalf("the gates read the admin token from Secret %s, which the chart does not make", tok.Name)
+	}
+	if v := s.Data[tok.Key]; len(v) < 32 {
+		t.Errorf("generated admin token of %d bytes, want at least 32", len(v))
+	}
+
+	out, err = helmTemplate(t, []string{"ci/full-values.yaml"}, "admin.token.existingSecret=ops-admin", "admin.token.secretKey=bearer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r = decode(t, out)
+	if tok := r.adminToken(t); tok.Name != "ops-admin" || tok.Key != "bearer" {
+		t.Errorf("the gates read the admin token from %+v, want ops-admin/bearer", tok)
+	}
+	if len(r.secrets) != 2 {
+		t.Errorf("%d Secrets with an existing admin token Secret, want the TLS and CA ones only", len(r.secrets))
+	}
+	checkConfig(t, r)
+	checkServiceMonitor(t, r)
 }
 
 // checkCertificate: cert-manager writes the Secret the pods mount.

@@ -5,9 +5,12 @@ import (
 	"errors"
 	"io"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"syscall"
+
+	"github.com/spacegate/spacegate/internal/safefile"
 )
 
 // hashLimit is the size below which a file is fingerprinted by its content.
@@ -75,7 +78,9 @@ func fingerprintOf(path string) fingerprint {
 // sum that differs from the one it had before.
 func hashFile(path string) (int64, [sha256.Size]byte, error) {
 	var sum [sha256.Size]byte
-	f, err := os.Open(path)
+	// Not os.Open: the path may have become a FIFO since the Stat, and
+	// opening one without a writer blocks.
+	f, _, err := safefile.Open(path, safefile.Limit{Kind: "file", Max: math.MaxInt64})
 	if err != nil {
 		return 0, sum, err
 	}

@@ -2,10 +2,15 @@ package filewatch
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/spacegate/spacegate/internal/safefile"
 )
 
 func TestFingerprint(t *testing.T) {
@@ -112,5 +117,43 @@ func chtimes(t *testing.T, path string, tm time.Time) {
 	t.Helper()
 	if err := os.Chtimes(path, tm, tm); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestFingerprintNeverBlocks: a watched path that is, or becomes, a FIFO
+// or a link to /dev/zero is fingerprinted at once (os.Open of a FIFO
+// without a writer blocks; /dev/zero never ends), and hashFile refuses a
+// FIFO that replaced a file after its Stat.
+func TestFingerprintNeverBlocks(t *testing.T) {
+	dir := t.TempDir()
+	fifo, zero := filepath.Join(dir, "fifo"), filepath.Join(dir, "zero")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/dev/zero", zero); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name string
+		f    func() error
+	}{
+		{"fingerprint of a FIFO", func() error { fingerprintOf(fifo); return nil }},
+		{"fingerprint of /dev/zero", func() error { fingerprintOf(zero); return nil }},
+		{"hash of a FIFO", func() error { _, _, err := hashFile(fifo); return err }},
+		{"hash of /dev/zero", func() error { _, _, err := hashFile(zero); return err }},
+	} {
+		done := make(chan error, 1)
+		go func() { done <- tt.f() }()
+		select {
+		case err := <-done:
+			if strings.HasPrefix(tt.name, "hash") && !errors.Is(err, safefile.ErrNotRegular) {
+				t.Errorf("%s: %v, want an error matching safefile.ErrNotRegular", tt.name, err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s: still blocked after 5s", tt.name)
+		}
+	}
+	if a, b := fingerprintOf(fifo), fingerprintOf(fifo); a != b || !a.exists || a.hashed {
+		t.Errorf("fingerprint of an unchanged FIFO: %+v then %+v; want equal, existing, not hashed", a, b)
 	}
 }

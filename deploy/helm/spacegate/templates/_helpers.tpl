@@ -37,6 +37,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- .Values.spaceCA.secretName | default (printf "%s-space-ca" (include "spacegate.fullname" .)) }}
 {{- end }}
 
+{{- define "spacegate.adminTokenSecret" -}}
+{{- .Values.admin.token.existingSecret | default (printf "%s-admin-token" (include "spacegate.fullname" .)) }}
+{{- end }}
+
 {{- define "spacegate.rulesConfigMap" -}}
 {{- .Values.existingRulesConfigMap | default (printf "%s-rules" (include "spacegate.fullname" .)) }}
 {{- end }}
@@ -104,7 +108,7 @@ spacegate.upstreamHost: the host of a route's upstream ("10.0.0.5",
 {{- $routes := list }}
 {{- range .Values.routes }}
 {{- $r := omit . "port" "egressTo" }}
-{{- $_ := set $r "listen" (printf "0.0.0.0:%d" (int .port)) }}
+{{- $_ := set $r "listen" (printf "%s:%d" $.Values.listenHost (int .port)) }}
 {{- $_ := set $r "ip_rules_file" (printf "/etc/spacegate/rules/%s.yaml" .name) }}
 {{- $routes = append $routes $r }}
 {{- end }}
@@ -124,7 +128,7 @@ spacegate.upstreamHost: the host of a route's upstream ("10.0.0.5",
   "shutdown_delay" (printf "%ds" (int .Values.drain.shutdownDelaySeconds))
   "drain_timeout" (printf "%ds" (int .Values.drain.drainTimeoutSeconds))) (.Values.config.limits | default dict) }}
 {{- $cfg := dict
-  "admin" (dict "listen" (printf "0.0.0.0:%d" (int .Values.admin.port)))
+  "admin" (dict "listen" (printf "%s:%d" .Values.listenHost (int .Values.admin.port)) "token_file" "/etc/spacegate/admin/token")
   "log" .Values.config.log
   "tls" $tls
   "pki" .Values.config.pki
