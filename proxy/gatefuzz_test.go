@@ -25,8 +25,11 @@ import (
 // connection to it. The input picks a preamble (what an honest or a
 // confused client sends first: PROXY headers, the PostgreSQL negotiation
 // packets, a ClientHello, a whole TLS handshake with or without the good
-// client certificate), a route and a source address; the fuzzed bytes
-// follow the preamble. After every batch of inputs, and at the end of the
+// client certificate), a route and a source: 127.0.0.1, which the rules
+// allow; a stranger (one of many loopback addresses, or 127.0.0.2 for all,
+// which soon spends its courtesy refusals and is closed before TLS); or
+// 127.0.0.3, a trusted PROXY protocol peer. The fuzzed bytes follow the
+// preamble. After every batch of inputs, and at the end of the
 // seed corpus, the gate must still answer /healthz, serve a good client on
 // each protocol, have let go of every connection, and have logged no error.
 //
@@ -66,7 +69,7 @@ const (
 // The source addresses of the fuzzer's connections: all this machine.
 const (
 	fuzzAllowed    = "127.0.0.1"   // in the rules
-	fuzzDisallowed = "127.0.0.2"   // in no rule
+	fuzzDisallowed = "127.0.0.2"   // in no rule; others: disallowedSource
 	fuzzTrusted    = "127.0.0.3"   // a PROXY protocol peer, itself in no rule
 	fuzzStranger   = "203.0.113.9" // a client a PROXY header may name, in no rule
 )
@@ -239,12 +242,17 @@ func (g *gateFuzz) input(pre, route, src uint8, data []byte) gateInput {
 		steps:  gatePreambles[int(pre)%len(gatePreambles)],
 		route:  g.routes[int(route&0x7f)%len(g.routes)],
 		noALPN: route&0x80 != 0,
-		peer:   []string{fuzzAllowed, fuzzDisallowed, fuzzTrusted}[int(src)%3],
+		peer:   []string{fuzzAllowed, disallowedSource(g.runs), fuzzTrusted}[int(src)%3],
 		proxy:  fuzzAllowed,
 		data:   data,
 	}
 	if (src/3)%2 == 1 {
 		in.proxy = fuzzStranger
+	}
+	if in.peer != fuzzAllowed && in.peer != fuzzTrusted && (src/6)%2 == 1 {
+		// One stranger address for all: past its courtesy refusals it is
+		// closed before TLS.
+		in.peer = fuzzDisallowed
 	}
 	return in
 }
