@@ -297,6 +297,7 @@ func FuzzServe(f *testing.F) {
 		{2, 2, false, startupPacket(codeCancelRequest, []byte{0, 0, 0, 1, 0, 0, 0, 2})},
 		{0, 1, false, append(gssenc, gssenc...)},
 		{2, 1, false, clientHello(f, alpnPostgres)},
+		{0, 1, true, []byte("\x00\x00\x00\x08\x00\x00\x30\x30")}, // protocol 0.12336: answered in protocol 2's format
 	} {
 		f.Add(s.route, s.src, s.interactive, s.data)
 	}
@@ -407,8 +408,8 @@ func checkRESPRefusal(t *testing.T, out []byte, whole bool) {
 
 // checkPgRefusal fails t unless out is what a refused PostgreSQL client may
 // read: at most one 'N' (GSSENCRequest), then TLS (direct, or after an
-// 'S'), or at most one FATAL ErrorResponse and nothing after it (cut
-// short if whole is false).
+// 'S'), or at most one FATAL ErrorResponse (or its protocol 2 form) and
+// nothing after it (cut short if whole is false).
 func checkPgRefusal(t *testing.T, out []byte, whole bool) {
 	t.Helper()
 	rest := out
@@ -425,6 +426,18 @@ func checkPgRefusal(t *testing.T, out []byte, whole bool) {
 		return
 	case rest[0] != 'E':
 		t.Fatalf("answer %.300q: want an ErrorResponse", out)
+	case bytes.HasPrefix(rest, []byte("EF")):
+		// To a client of protocol 2 or older, as PostgreSQL answers it:
+		// 'E', then one NUL-terminated line. (A v3 length never starts
+		// with 'F': that would be over 1 GB.)
+		line, after, ok := bytes.Cut(rest[1:], []byte{0})
+		switch {
+		case !ok && whole:
+			t.Fatalf("answer %.300q: protocol 2 error without its NUL", out)
+		case ok && (len(after) > 0 || !bytes.HasPrefix(line, []byte("FATAL:  ")) || !bytes.HasSuffix(line, []byte("\n"))):
+			t.Fatalf("answer %.300q: want one protocol 2 line \"FATAL:  ...\\n\" and nothing after it", out)
+		}
+		return
 	}
 	if len(rest) < 5 {
 		if whole {
