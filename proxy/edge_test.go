@@ -375,7 +375,15 @@ func TestListenersIPv6(t *testing.T) {
 	}
 	v6 := ln.Addr().String()
 	ln.Close()
-	dual := "[::]:" + strings.TrimPrefix(testenv.FreeAddr(t), "127.0.0.1:")
+	// A port free on every address, not only on 127.0.0.1: the wildcard
+	// bind fails if any local address holds it (a busy machine's
+	// outgoing connections use ports from the same range).
+	ln, err = net.Listen("tcp", "[::]:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dual := ln.Addr().String()
+	ln.Close()
 	e := newEnv(t, envOptions{routes: fmt.Sprintf(`  - name: v6
     protocol: postgres
     listen: "%s"

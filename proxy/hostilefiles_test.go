@@ -17,41 +17,6 @@ import (
 	"github.com/spacegate/spacegate/internal/testenv"
 )
 
-// A hostile file is one that must not be read: it would block the reader
-// or never end. Each way replaces the file at path with one.
-var hostileFiles = []struct {
-	name    string
-	plant   func(t *testing.T, path string, lim safefile.Limit)
-	problem string // in the reload error, after the file's path
-}{
-	{"FIFO", func(t *testing.T, path string, _ safefile.Limit) {
-		if err := syscall.Mkfifo(path, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}, "is a FIFO (named pipe), not a regular file"},
-	{"symlink to /dev/zero", func(t *testing.T, path string, _ safefile.Limit) {
-		if err := os.Symlink("/dev/zero", path); err != nil {
-			t.Fatal(err)
-		}
-	}, "is a character device, not a regular file"},
-	{"directory", func(t *testing.T, path string, _ safefile.Limit) {
-		if err := os.Mkdir(path, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}, "is a directory, not a regular file"},
-	{"one byte over the limit", func(t *testing.T, path string, lim safefile.Limit) {
-		f, err := os.Create(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		// Sparse: the size is what counts, not the disk.
-		if err := f.Truncate(lim.Max + 1); err != nil {
-			t.Fatal(err)
-		}
-	}, "; the limit for a"}, // "is 4194305 bytes; the limit for a config file is 4 MiB"
-}
-
 // namedFile is a file of the hostile-files env's config, and its size limit.
 type namedFile struct {
 	kind string
@@ -128,17 +93,17 @@ func TestReloadHostileFiles(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, h := range hostileFiles {
-			t.Run(f.kind+"/"+h.name, func(t *testing.T) {
+		for _, h := range testenv.HostileFiles() {
+			t.Run(f.kind+"/"+h.Name, func(t *testing.T) {
 				if err := os.Remove(f.path); err != nil {
 					t.Fatal(err)
 				}
-				h.plant(t, f.path, f.lim)
+				h.Plant(t, f.path, f.lim.Max)
 				start := time.Now()
 				err := reloadWithin(t, e, 5*time.Second)
 				took := time.Since(start)
-				if !hasProblem(err, f.path+" is ", h.problem) {
-					t.Errorf("Reload = %v; want a problem saying %q and %q", err, f.path+" is ", h.problem)
+				if !hasProblem(err, f.path+" is ", h.Problem) {
+					t.Errorf("Reload = %v; want a problem saying %q and %q", err, f.path+" is ", h.Problem)
 				}
 				t.Logf("reload refused in %s: %v", took.Round(time.Millisecond), err)
 				requireAlive(t, live)

@@ -417,7 +417,6 @@ func addrPort(a net.Addr) netip.AddrPort {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
-// waitTimeout waits for wg up to d and reports whether it finished.
 // reloadStopTimeout bounds how long shutdown waits for a reload in progress.
 // A reload of a 100k-rule file takes a quarter of a second.
 const reloadStopTimeout = 3 * time.Second
@@ -451,6 +450,7 @@ func (s *Server) stopReloads(watchDone <-chan struct{}, d time.Duration) bool {
 	}
 }
 
+// waitTimeout waits for wg up to d and reports whether it finished.
 func waitTimeout(wg *sync.WaitGroup, d time.Duration) bool {
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()

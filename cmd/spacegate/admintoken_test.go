@@ -132,16 +132,7 @@ func TestCheckAdminNeedsToken(t *testing.T) {
 	}
 
 	// serve refuses the same config before it listens anywhere.
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		code, _, stderr = runCLI(t, "serve", "--config", config)
-	}()
-	select {
-	case <-done:
-	case <-time.After(15 * time.Second):
-		t.Fatal("serve with a public admin endpoint and no token did not return within 15s")
-	}
+	code, _, stderr = runCLIWithin(t, 15*time.Second, "serve", "--config", config)
 	if code != exitError || !strings.Contains(stderr, want) {
 		t.Errorf("serve: exit %d, want 1 and %q\nstderr: %s", code, want, stderr)
 	}
@@ -171,16 +162,7 @@ func TestCheckAdminNeedsToken(t *testing.T) {
 	if err := syscall.Mkfifo(token, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	done = make(chan struct{})
-	go func() {
-		defer close(done)
-		code, stdout, stderr = runCLI(t, "check", "--config", config)
-	}()
-	select {
-	case <-done:
-	case <-time.After(15 * time.Second):
-		t.Fatal("check with a FIFO as admin.token_file did not return within 15s")
-	}
+	code, stdout, stderr = runCLIWithin(t, 15*time.Second, "check", "--config", config)
 	want = config + ":4: admin.token_file: admin token file " + token + " is a FIFO (named pipe), not a regular file"
 	if code != exitError || !strings.Contains(stdout+stderr, want) {
 		t.Errorf("check with a FIFO token file: exit %d, want 1 and %q\nstdout: %s\nstderr: %s", code, want, stdout, stderr)

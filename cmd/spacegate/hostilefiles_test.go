@@ -17,43 +17,9 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/spacegate/spacegate/internal/safefile"
+	"github.com/spacegate/spacegate/internal/testenv"
 	"github.com/spacegate/spacegate/tlsconf"
 )
-
-// hostile lists the ways a file the gate reads can be one it must not
-// read: it would block (a FIFO), never end (/dev/zero) or not be a file at
-// all; or it is over the limit for its kind.
-var hostile = []struct {
-	name    string
-	plant   func(t *testing.T, path string, lim safefile.Limit)
-	problem string
-}{
-	{"FIFO", func(t *testing.T, path string, _ safefile.Limit) {
-		if err := syscall.Mkfifo(path, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}, "is a FIFO (named pipe), not a regular file"},
-	{"symlink to /dev/zero", func(t *testing.T, path string, _ safefile.Limit) {
-		if err := os.Symlink("/dev/zero", path); err != nil {
-			t.Fatal(err)
-		}
-	}, "is a character device, not a regular file"},
-	{"directory", func(t *testing.T, path string, _ safefile.Limit) {
-		if err := os.Mkdir(path, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}, "is a directory, not a regular file"},
-	{"over the limit", func(t *testing.T, path string, lim safefile.Limit) {
-		f, err := os.Create(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		if err := f.Truncate(lim.Max + 1); err != nil { // sparse
-			t.Fatal(err)
-		}
-	}, "bytes; the limit for a"},
-}
 
 // runBinary runs the spacegate binary and fails t if it has not exited
 // within d.
@@ -101,8 +67,8 @@ func TestCheckRefusesHostileFiles(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, h := range hostile {
-			t.Run(f.rel+"/"+h.name, func(t *testing.T) {
+		for _, h := range testenv.HostileFiles() {
+			t.Run(f.rel+"/"+h.Name, func(t *testing.T) {
 				if err := os.Remove(path); err != nil {
 					t.Fatal(err)
 				}
@@ -114,7 +80,7 @@ func TestCheckRefusesHostileFiles(t *testing.T) {
 						t.Fatal(err)
 					}
 				}()
-				h.plant(t, path, f.lim)
+				h.Plant(t, path, f.lim.Max)
 				for _, args := range [][]string{{"check", "--config", config}, {"serve", "--config", config}} {
 					start := time.Now()
 					code, stdout, stderr := runBinary(t, 20*time.Second, args...)
@@ -123,8 +89,8 @@ func TestCheckRefusesHostileFiles(t *testing.T) {
 						t.Errorf("%s: exit code %d, want %d\nstdout: %s\nstderr: %s", args[0], code, exitError, stdout, stderr)
 					}
 					said := stdout + stderr
-					if !strings.Contains(said, path+" is ") || !strings.Contains(said, h.problem) {
-						t.Errorf("%s says:\n%s\nwant a sentence naming %s and saying %q", args[0], said, path, h.problem)
+					if !strings.Contains(said, path+" is ") || !strings.Contains(said, h.Problem) {
+						t.Errorf("%s says:\n%s\nwant a sentence naming %s and saying %q", args[0], said, path, h.Problem)
 					}
 					if took > 5*time.Second {
 						t.Errorf("%s took %s to refuse", args[0], took)

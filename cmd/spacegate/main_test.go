@@ -6,7 +6,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 )
 
 // binary is the spacegate executable built by TestMain for the tests that
@@ -71,4 +73,25 @@ func runCLI(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	var out, errOut bytes.Buffer
 	code = run(args, &out, &errOut)
 	return code, out.String(), errOut.String()
+}
+
+// runCLIWithin is runCLI for a command that must end by itself (a serve
+// that refuses its config, a check that must not block): it fails t if
+// the command has not returned within d.
+func runCLIWithin(t *testing.T, d time.Duration, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var out, errOut bytes.Buffer
+		code = run(args, &out, &errOut)
+		stdout, stderr = out.String(), errOut.String()
+	}()
+	select {
+	case <-done:
+		return code, stdout, stderr
+	case <-time.After(d):
+		t.Fatalf("spacegate %s did not return within %s", strings.Join(args, " "), d)
+		return 0, "", ""
+	}
 }

@@ -291,18 +291,7 @@ func TestServeBrokenConfig(t *testing.T) {
 
 			// In process, with a deadline: a serve that wrongly starts
 			// would otherwise block the test forever.
-			done := make(chan struct{})
-			var code int
-			var stderr string
-			go func() {
-				defer close(done)
-				code, _, stderr = runCLI(t, "serve", "--config", config)
-			}()
-			select {
-			case <-done:
-			case <-time.After(15 * time.Second):
-				t.Fatal("serve with a broken config did not return within 15s")
-			}
+			code, _, stderr := runCLIWithin(t, 15*time.Second, "serve", "--config", config)
 			if code != exitError {
 				t.Errorf("exit code = %d, want %d\nstderr: %s", code, exitError, stderr)
 			}
