@@ -132,9 +132,11 @@ func setup(ctx context.Context, o setupOptions) (e *env, err error) {
 		return nil, fmt.Errorf("creating work directory: %w", err)
 	}
 	e = &env{work: work, tools: tools, fdLimit: limit}
+	// The returns below set e to nil: close what was built through a copy.
+	built := e
 	defer func() {
 		if err != nil {
-			err = errors.Join(err, e.close(o.keep))
+			err = errors.Join(err, built.close(o.keep))
 			e = nil
 		}
 	}()
