@@ -2,10 +2,8 @@ package proxy
 
 import (
 	"bytes"
-	"crypto/tls"
 	"encoding/binary"
 	"fmt"
-	"io"
 	"net"
 	"os/exec"
 	"strings"
@@ -17,29 +15,8 @@ import (
 	"github.com/spacegate/spacegate/internal/testenv"
 )
 
-// goClientHello returns the first TLS record a crypto/tls client sends
-// for serverName.
-func goClientHello(t testing.TB, serverName string) []byte {
-	t.Helper()
-	cli, srv := net.Pipe()
-	defer srv.Close()
-	go func() {
-		_ = tls.Client(cli, &tls.Config{ServerName: serverName, InsecureSkipVerify: true}).Handshake()
-		cli.Close()
-	}()
-	hdr := make([]byte, 5)
-	if _, err := io.ReadFull(srv, hdr); err != nil {
-		t.Fatal(err)
-	}
-	rec := append(hdr, make([]byte, binary.BigEndian.Uint16(hdr[3:]))...)
-	if _, err := io.ReadFull(srv, rec[5:]); err != nil {
-		t.Fatal(err)
-	}
-	return rec
-}
-
 func TestClientHelloServerName(t *testing.T) {
-	hello := goClientHello(t, "db.example.com")[5:]
+	hello := clientHelloFor(t, "db.example.com", "")[5:]
 	// crypto/tls's client drops a trailing dot itself; put one back by
 	// growing every length around the name, as libpq's OpenSSL sends it.
 	i := bytes.Index(hello, []byte("db.example.com"))
@@ -62,7 +39,7 @@ func TestClientHelloServerName(t *testing.T) {
 	}{
 		{"crypto/tls hello", hello, "db.example.com", true},
 		{"trailing dot", dotted, "db.example.com.", true},
-		{"no SNI", goClientHello(t, "")[5:], "", false},
+		{"no SNI", clientHelloFor(t, "", "")[5:], "", false},
 		{"cut short", hello[:i], "", false},
 		{"not a ClientHello", append([]byte{2}, hello[1:]...), "", false},
 		{"empty", nil, "", false},
@@ -74,7 +51,7 @@ func TestClientHelloServerName(t *testing.T) {
 }
 
 func FuzzClientHelloServerName(f *testing.F) {
-	f.Add(goClientHello(f, "db.example.com")[5:])
+	f.Add(clientHelloFor(f, "db.example.com", "")[5:])
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if name, ok := clientHelloServerName(b); ok && !bytes.Contains(b, []byte(name)) {
 			t.Fatalf("name %q is not in the input", name)
@@ -128,7 +105,7 @@ func TestSNITrailingDot(t *testing.T) {
 }
 
 func BenchmarkClientHelloServerName(b *testing.B) {
-	hello := goClientHello(b, "db.example.com")[5:]
+	hello := clientHelloFor(b, "db.example.com", "")[5:]
 	for b.Loop() {
 		if _, ok := clientHelloServerName(hello); !ok {
 			b.Fatal("no name")

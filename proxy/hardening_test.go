@@ -129,29 +129,11 @@ func fdLimit(t testing.TB) syscall.Rlimit {
 	return lim
 }
 
-// clientHello returns the bytes of a real TLS ClientHello, as a client
-// would send them first, captured from crypto/tls over a pipe.
+// clientHello returns the bytes of a real TLS ClientHello for
+// "localhost", offering alpn if given (clientHelloFor).
 func clientHello(t testing.TB, alpn ...string) []byte {
 	t.Helper()
-	c1, c2 := net.Pipe()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		tls.Client(c1, &tls.Config{ServerName: "localhost", NextProtos: alpn, InsecureSkipVerify: true}).Handshake()
-	}()
-	c2.SetReadDeadline(time.Now().Add(5 * time.Second))
-	var hdr [5]byte
-	if _, err := io.ReadFull(c2, hdr[:]); err != nil {
-		t.Fatalf("capturing a ClientHello: %v", err)
-	}
-	body := make([]byte, binary.BigEndian.Uint16(hdr[3:5]))
-	if _, err := io.ReadFull(c2, body); err != nil {
-		t.Fatalf("capturing a ClientHello: %v", err)
-	}
-	c1.Close()
-	c2.Close()
-	<-done
-	return append(hdr[:], body...)
+	return clientHelloFor(t, "localhost", strings.Join(alpn, ""))
 }
 
 // isClosed reports whether err from a read means the peer closed the
