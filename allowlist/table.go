@@ -4,8 +4,8 @@ import "net/netip"
 
 // table is the longest-prefix-match table behind a [Matcher]: it maps
 // normalised blocks to the index of the rule that owns them. Two tables
-// exist, bartTable (the default) and rangerTable (cidranger, kept to
-// measure against); matcher.go says why, with figures.
+// exist, bartTable (the default) and rangerTable (cidranger, in the tests
+// only, to measure against); matcher.go says why, with figures.
 //
 // A table is filled by one goroutine, then only read, by many at once.
 type table interface {
