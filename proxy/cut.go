@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgproto3"
 )
 
 // cutGrace bounds how long a cut waits for a PostgreSQL message boundary
@@ -44,7 +43,13 @@ func (c *conn) cut(r *Refusal) {
 	}
 	t := time.AfterFunc(cutGrace, c.abort)
 	c.mu.Lock()
-	c.cutTimer = t
+	if c.aborted {
+		// The connection finished meanwhile, and finish found no timer
+		// to stop: stop it here.
+		t.Stop()
+	} else {
+		c.cutTimer = t
+	}
 	c.mu.Unlock()
 }
 
@@ -61,15 +66,10 @@ func (c *conn) sendCutNotice() {
 	if r == nil {
 		return
 	}
-	msg := pgproto3.ErrorResponse{
-		Severity:            "FATAL",
-		SeverityUnlocalized: "FATAL",
-		Code:                "57P01", // admin_shutdown: ended by an operator's action
-		Message:             "terminating connection: " + r.Msg,
-		Hint:                r.Hint,
-	}
-	b, err := msg.Encode(nil)
-	if err != nil {
+	// 57P01 admin_shutdown, whatever the reason: an operator's action
+	// (a reload, a revocation) or the certificate's expiry ended it.
+	b := pgFatal("57P01", "terminating connection: "+r.Msg, r.Hint)
+	if b == nil {
 		return
 	}
 	_ = c.client.SetWriteDeadline(time.Now().Add(time.Second))

@@ -64,7 +64,8 @@ func startLoops(n int) (*loops, error) {
 
 // pick returns the loop for the next session, in turn.
 func (ls *loops) pick() *loop {
-	return ls.ls[int(ls.next.Add(1))%len(ls.ls)]
+	// Modulo in uint32: int(uint32) is negative past 2^31 on 32-bit builds.
+	return ls.ls[ls.next.Add(1)%uint32(len(ls.ls))]
 }
 
 // stop ends the loops. Every session must have ended.

@@ -325,16 +325,21 @@ func pgError(r *Refusal) []byte {
 		// PostgreSQL fills as below (send_message_to_frontend).
 		return append([]byte("EFATAL:  "+r.Msg+"\n"), 0)
 	}
-	msg := pgproto3.ErrorResponse{
+	return pgFatal(r.Reason.sqlstate(), r.Msg, r.Hint)
+}
+
+// pgFatal encodes a FATAL ErrorResponse with SQLSTATE code; nil if it
+// cannot be encoded, which only an oversized message can cause.
+func pgFatal(code, msg, hint string) []byte {
+	e := pgproto3.ErrorResponse{
 		Severity:            "FATAL",
 		SeverityUnlocalized: "FATAL",
-		Code:                r.Reason.sqlstate(),
-		Message:             r.Msg,
-		Hint:                r.Hint,
+		Code:                code,
+		Message:             msg,
+		Hint:                hint,
 	}
-	b, err := msg.Encode(nil)
+	b, err := e.Encode(nil)
 	if err != nil {
-		// Only oversized messages fail to encode; ours are short sentences.
 		return nil
 	}
 	return b
