@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"time"
-
 )
 
 // cutGrace bounds how long a cut waits for a PostgreSQL message boundary
