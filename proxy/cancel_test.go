@@ -114,30 +114,42 @@ func TestCancelFanOutSkipsBlackholes(t *testing.T) {
 
 	t.Run("psql Ctrl-C", func(t *testing.T) {
 		testenv.Require(t, "psql")
-		cmd := exec.Command("psql", pgURL(e.pki, client, "db.test", addr, "verify-ca"), "-Xc", "select pg_sleep(30)")
-		var out bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &out
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
 		// psql installs its SIGINT handler only after connecting.
-		waitFor(t, 10*time.Second, "pg_sleep to run upstream", func() bool { return sleeping(t) == 1 })
-		start := time.Now()
-		cmd.Process.Signal(syscall.SIGINT)
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			t.Fatalf("psql still running 10s after Ctrl-C: %s", out.String())
-		}
-		t.Logf("psql ended %s after Ctrl-C", time.Since(start))
-		if d := time.Since(start); d > time.Second {
+		d, out := psqlCtrlC(t, pgURL(e.pki, client, "db.test", addr, "verify-ca"), 10*time.Second,
+			func() bool { return sleeping(t) == 1 })
+		t.Logf("psql ended %s after Ctrl-C", d)
+		if d > time.Second {
 			t.Errorf("psql ended %s after Ctrl-C, want well under the 2s bound", d)
 		}
-		if !strings.Contains(out.String(), "canceling statement due to user request") {
-			t.Fatalf("psql output: %s", out.String())
+		if !strings.Contains(out, "canceling statement due to user request") {
+			t.Fatalf("psql output: %s", out)
 		}
 	})
+}
+
+// psqlCtrlC runs psql with a 30-second pg_sleep on url, presses Ctrl-C
+// once running says the query runs upstream, and returns how long psql
+// took to end after it, and what it printed. psql must end within limit.
+func psqlCtrlC(t *testing.T, url string, limit time.Duration, running func() bool) (time.Duration, string) {
+	t.Helper()
+	cmd := exec.Command("psql", url, "-Xc", "select pg_sleep(30)")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	// Signalled before its query runs, psql would die of the signal.
+	waitFor(t, 10*time.Second, "pg_sleep to run upstream", running)
+	start := time.Now()
+	cmd.Process.Signal(syscall.SIGINT)
+	select {
+	case <-done:
+	case <-time.After(limit):
+		cmd.Process.Kill()
+		<-done
+		t.Fatalf("psql still running %s after Ctrl-C: %s", limit, out.String())
+	}
+	return time.Since(start), out.String()
 }

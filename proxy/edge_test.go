@@ -1,14 +1,12 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"os/exec"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -105,26 +103,10 @@ func TestSNIRouting(t *testing.T) {
 	})
 
 	t.Run("psql Ctrl-C on a shared listener", func(t *testing.T) {
-		cmd := exec.Command("psql", pgURL(pki, client, "db-b.test", addr, "verify-full"), "-Xc", "select pg_sleep(30)")
-		var out bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &out
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
-		// psql installs its SIGINT handler only after connecting: signalled
-		// before the query runs, it would die of the signal.
-		waitFor(t, 10*time.Second, "pg_sleep to run on b", func() bool { return sleepingOn(t, pgB) == 1 })
-		cmd.Process.Signal(syscall.SIGINT)
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			cmd.Process.Kill()
-			t.Fatalf("psql still running 5s after Ctrl-C: %s", out.String())
-		}
-		if !strings.Contains(out.String(), "canceling statement due to user request") {
-			t.Fatalf("psql output: %s", out.String())
+		_, out := psqlCtrlC(t, pgURL(pki, client, "db-b.test", addr, "verify-full"), 5*time.Second,
+			func() bool { return sleepingOn(t, pgB) == 1 })
+		if !strings.Contains(out, "canceling statement due to user request") {
+			t.Fatalf("psql output: %s", out)
 		}
 	})
 }

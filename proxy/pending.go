@@ -282,12 +282,8 @@ func closeEvicted(e *pendingEntry) {
 // unreadBytes returns how many bytes from the peer wait unread on nc. It
 // neither reads nor waits, nor contends with a Read blocked on nc.
 func unreadBytes(nc net.Conn) int {
-	sc, ok := nc.(syscall.Conn)
-	if !ok {
-		return 0
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
+	rc, err := rawConn(nc)
+	if rc == nil || err != nil {
 		return 0
 	}
 	n := 0
@@ -306,12 +302,8 @@ func unreadBytes(nc net.Conn) int {
 // kernel rather than a slot of the pending pool. Past d the kernel hands
 // it over at the client's next ACK, and the handshake timeout applies.
 func deferAccept(ln net.Listener, d time.Duration) error {
-	sc, ok := ln.(syscall.Conn)
-	if !ok {
-		return nil
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
+	rc, err := rawConn(ln)
+	if rc == nil || err != nil {
 		return err
 	}
 	secs := max(1, int((d+time.Second-1)/time.Second))
@@ -329,12 +321,8 @@ func deferAccept(ln net.Listener, d time.Duration) error {
 // started before its first byte leaves the socket, so that no eviction
 // sees it empty-handed in between.
 func waitReadable(nc net.Conn) error {
-	sc, ok := nc.(syscall.Conn)
-	if !ok {
-		return nil
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
+	rc, err := rawConn(nc)
+	if rc == nil || err != nil {
 		return err
 	}
 	var buf [1]byte
@@ -342,6 +330,16 @@ func waitReadable(nc net.Conn) error {
 		_, _, err := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 		return err != syscall.EAGAIN // data, its end, or an error the read will see
 	})
+}
+
+// rawConn returns the file descriptor under x for system calls of our
+// own, or nil if x has none (a net.Pipe in tests).
+func rawConn(x any) (syscall.RawConn, error) {
+	sc, ok := x.(syscall.Conn)
+	if !ok {
+		return nil, nil
+	}
+	return sc.SyscallConn()
 }
 
 // resetClose closes nc with an RST rather than a FIN: for connections the

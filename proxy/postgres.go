@@ -348,12 +348,8 @@ func pgFatal(code, msg, hint string) []byte {
 // hasPendingInput reports whether the peer has sent bytes that are waiting
 // in the socket's receive buffer, without consuming them.
 func hasPendingInput(nc net.Conn) (bool, error) {
-	sc, ok := nc.(syscall.Conn)
-	if !ok {
-		return false, nil
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
+	rc, err := rawConn(nc)
+	if rc == nil || err != nil {
 		return false, err
 	}
 	pending := false

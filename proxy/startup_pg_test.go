@@ -139,18 +139,26 @@ func (e *env) cancelsCounted(route, result string) float64 {
 	return pb.GetCounter().GetValue()
 }
 
-// TestStartupAsPostgresReadsIt sends each packet of a table to a real
-// PostgreSQL in plaintext and to the gate inside TLS with a valid client
-// certificate, and requires the same verdict: refused with the same SQLSTATE
-// and wording, or accepted with the same user in the session.
-func TestStartupAsPostgresReadsIt(t *testing.T) {
-	pg := testenv.StartPostgresT(t, testenv.PostgresOptions{})
-	long := strings.Repeat("a", 63)
+// postgresWithRoles starts a PostgreSQL of the test's own with the roles
+// alice and long, a name of NAMEDATALEN-1 bytes.
+func postgresWithRoles(t *testing.T) (pg *testenv.Postgres, long string) {
+	t.Helper()
+	pg = testenv.StartPostgresT(t, testenv.PostgresOptions{})
+	long = strings.Repeat("a", nameDataLen-1)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	if err := pg.Exec(ctx, fmt.Sprintf(`create role alice login; create role %s login`, long)); err != nil {
 		t.Fatal(err)
 	}
+	return pg, long
+}
+
+// TestStartupAsPostgresReadsIt sends each packet of a table to a real
+// PostgreSQL in plaintext and to the gate inside TLS with a valid client
+// certificate, and requires the same verdict: refused with the same SQLSTATE
+// and wording, or accepted with the same user in the session.
+func TestStartupAsPostgresReadsIt(t *testing.T) {
+	pg, long := postgresWithRoles(t)
 	e := newEnv(t, envOptions{noRedis: true, pgUpstream: pg.Addr})
 
 	for _, tc := range []struct {
@@ -232,13 +240,7 @@ func dialPlain(t *testing.T, addr string) net.Conn {
 // packet PostgreSQL would refuse is refused by the gate itself and never
 // reaches the upstream.
 func TestStartupUserFromCert(t *testing.T) {
-	pg := testenv.StartPostgresT(t, testenv.PostgresOptions{})
-	long := strings.Repeat("a", 63)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if err := pg.Exec(ctx, fmt.Sprintf(`create role alice login; create role %s login`, long)); err != nil {
-		t.Fatal(err)
-	}
+	pg, long := postgresWithRoles(t)
 	addr := testenv.FreeAddr(t)
 	e := newEnv(t, envOptions{routes: `  - name: db
     protocol: postgres
