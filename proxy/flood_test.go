@@ -109,6 +109,8 @@ func connectTimes(t *testing.T, e *env, n int) []time.Duration {
 			t.Errorf("select 6*7 = %d", got)
 		}
 		c.Close(context.Background())
+		// Not a wait: the pace of a real client that reconnects now
+		// and then, so that the attempts sample the whole flood.
 		time.Sleep(50 * time.Millisecond)
 	}
 	return times

@@ -274,7 +274,7 @@ func TestSlowAndIdleClients(t *testing.T) {
 				if d := int64(time.Since(start)); d > slowest.Load() {
 					slowest.Store(d)
 				}
-				time.Sleep(50 * time.Millisecond)
+				time.Sleep(50 * time.Millisecond) // not a wait: a probe every 50ms through the flood
 			}
 		}()
 
@@ -528,7 +528,7 @@ func TestAcceptSurvivesEMFILE(t *testing.T) {
 	// Backing off: over a while at the limit the loop logs no more and
 	// burns little CPU, and the live session goes on.
 	before := cpuTime(t)
-	time.Sleep(1500 * time.Millisecond)
+	time.Sleep(1500 * time.Millisecond) // not a wait: the span measured
 	spent := cpuTime(t) - before
 	if n := acceptFailed(); n != 1 {
 		t.Errorf("%q logged %d times in one streak, want once", logMsg, n)
@@ -683,6 +683,8 @@ func writeChunked(w io.Writer, b []byte, rng *rand.Rand) error {
 		}
 		b = b[n:]
 		if rng.IntN(64) == 0 {
+			// Not a wait: a random pause, so that the reader sees
+			// the stream in random pieces.
 			time.Sleep(time.Duration(rng.IntN(2000)) * time.Microsecond)
 		}
 	}
