@@ -110,7 +110,7 @@ func setFDLimit(t testing.TB, soft uint64) {
 		t.Fatal(err)
 	}
 	lim := orig
-	lim.Cur = min(soft, orig.Max)
+	lim.Cur = atMost(soft, orig.Max)
 	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
 		t.Fatalf("setrlimit(NOFILE, %d): %v", lim.Cur, err)
 	}
@@ -120,6 +120,10 @@ func setFDLimit(t testing.TB, soft uint64) {
 		}
 	})
 }
+
+// atMost is min(soft, max) in the type of max: Rlimit's fields are uint64
+// on Linux and macOS, int64 on FreeBSD.
+func atMost[T int64 | uint64](soft uint64, max T) T { return T(min(soft, uint64(max))) }
 
 func fdLimit(t testing.TB) syscall.Rlimit {
 	var lim syscall.Rlimit
@@ -225,7 +229,7 @@ func TestSlowAndIdleClients(t *testing.T) {
 		const n = 2000
 		const timeout = time.Second
 		lim := fdLimit(t)
-		setFDLimit(t, lim.Max)
+		setFDLimit(t, uint64(lim.Max))
 		if got := fdLimit(t).Cur; got < 2*n+500 {
 			t.Skipf("RLIMIT_NOFILE hard limit %d is below the %d this test needs", got, 2*n+500)
 		}
