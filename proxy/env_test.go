@@ -264,16 +264,10 @@ func (e *env) shutdown(d time.Duration) error {
 	}
 }
 
-// waitFor polls cond every 20ms until it holds or d passes.
+// waitFor is testenv.WaitFor: it polls cond until it holds or d passes.
 func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testenv.WaitFor(t, d, what, cond)
 }
 
 // refusals returns the audit lines of refused connections with the given reason.

@@ -112,6 +112,8 @@ func TestDrain(t *testing.T) {
 	if got := mustQueryInt(t, c, "select 1"); got != 1 {
 		t.Fatal("live session broken by drain")
 	}
+	// That Run does not return can only be watched for a while: 200ms
+	// of a drain with nothing left to do but wait for the session.
 	select {
 	case <-e.done:
 		t.Fatal("Run returned while a session was live")

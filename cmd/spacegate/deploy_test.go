@@ -70,7 +70,10 @@ func TestDeployMetricsExist(t *testing.T) {
 		_, err := good.Exec(ctx, "select pg_sleep(10)")
 		sleeping <- err
 	}()
-	time.Sleep(300 * time.Millisecond)
+	// Cancelled before it runs, the query would not see the cancel.
+	testenv.WaitFor(t, 10*time.Second, "pg_sleep to run upstream", func() bool {
+		return runningQueries(t, gateConnString(dir, gate.pg), "select pg_sleep(10)") == 1
+	})
 	if err := good.PgConn().CancelRequest(ctx); err != nil {
 		t.Errorf("cancel request through the gate: %v", err)
 	}
