@@ -13,6 +13,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
+
+	"github.com/spacegate/spacegate/config"
 )
 
 // Status is the document served at /v1/status.
@@ -159,18 +161,18 @@ func bearerMatches(header string, want []byte) bool {
 	return subtle.ConstantTimeCompare(g[:], w[:]) == 1
 }
 
-func (s *Server) startAdmin(ac AdminConfig) error {
+func (s *Server) startAdmin(ac config.Admin) error {
 	if ac.Listen == "" {
 		return nil
 	}
-	addr := adminListenAddr(ac.Listen)
+	addr := ac.Addr()
 	// SO_REUSEPORT like the routes, so that a new process can start with
 	// the same config beside the old one during an upgrade.
 	ln, err := listen(addr)
 	if err != nil {
 		return fmt.Errorf("admin: cannot listen on %s: %w", addr, err)
 	}
-	public := !isLoopbackListen(ln.Addr().String())
+	public := !config.IsLoopback(ln.Addr().String())
 	srv := &http.Server{Handler: s.adminHandler(ac.Pprof, public), ReadHeaderTimeout: 5 * time.Second}
 	s.mu.Lock()
 	s.admin = srv

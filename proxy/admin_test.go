@@ -15,6 +15,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/spacegate/spacegate/config"
 	"github.com/spacegate/spacegate/internal/safefile"
 	"github.com/spacegate/spacegate/internal/testenv"
 )
@@ -73,42 +74,6 @@ func TestListenWildcardFamilies(t *testing.T) {
 		if err := dials(dual, host); err != nil {
 			t.Errorf("[::] refuses %s: %v", host, err)
 		}
-	}
-}
-
-func TestAdminListenRule(t *testing.T) {
-	for _, tc := range []struct {
-		admin string
-		want  string // "" for no problem
-	}{
-		{"admin:\n  listen: 127.0.0.1:9187\n", ""},
-		{"admin:\n  listen: 127.0.0.2:9187\n", ""},
-		{"admin:\n  listen: \"[::1]:9187\"\n", ""},
-		{"admin:\n  listen: :9187\n", ""},
-		{"admin:\n  listen: 0.0.0.0:9187\n  token_file: admin.token\n", ""},
-		{"admin:\n  listen: 0.0.0.0:9187\n", "c.yaml:2: admin.listen 0.0.0.0:9187 is not a loopback address, and the admin endpoint shows every live session: set admin.token_file"},
-		{"admin:\n  pprof: true\n  listen: 192.0.2.10:9187\n", "c.yaml:3: admin.listen 192.0.2.10:9187 is not a loopback address"},
-		{"admin:\n  listen: \"[::]:9187\"\n", "c.yaml:2: admin.listen [::]:9187 is not a loopback address"},
-		{"admin:\n  listen: localhost:9187\n", "c.yaml:2: admin.listen localhost:9187 is not a loopback address"},
-		{"admin:\n  listen: :0\n", `c.yaml:2: admin.listen: "127.0.0.1:0": port "0" is not a number`},
-	} {
-		_, err := ParseConfig([]byte(tc.admin+minimalConfig), "c.yaml")
-		switch {
-		case tc.want == "" && err != nil:
-			t.Errorf("%q: %v", tc.admin, err)
-		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
-			t.Errorf("%q: error %v, want %q", tc.admin, err, tc.want)
-		}
-	}
-	cfg, err := ParseConfig([]byte("admin:\n  listen: 0.0.0.0:9187\n  token_file: admin.token\n"+minimalConfig), "/etc/spacegate/c.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if cfg.Admin.TokenFile != "/etc/spacegate/admin.token" {
-		t.Errorf("token_file not resolved against the config's directory: %q", cfg.Admin.TokenFile)
-	}
-	if got := cfg.Files(); len(got) < 2 || got[1] != "/etc/spacegate/admin.token" {
-		t.Errorf("Files() = %q: the reload must watch the token file", got)
 	}
 }
 
@@ -221,7 +186,7 @@ routes:
     upstream: 127.0.0.1:1
     ip_rules_file: rules.yaml
 `, testenv.FreeAddr(t), tokenKey, pki.ServerCertFile, pki.ServerKeyFile, pki.CAFile, testenv.FreeAddr(t)))
-	cfg, err := LoadConfig(path)
+	cfg, err := config.Load(path)
 	if err != nil {
 		t.Fatal(err)
 	}

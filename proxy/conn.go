@@ -16,6 +16,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/spacegate/spacegate/config"
 	"github.com/spacegate/spacegate/tlsconf"
 )
 
@@ -135,9 +136,9 @@ func (c *conn) run(ctx context.Context) error {
 		return err
 	}
 	switch c.lis.Protocol {
-	case ProtocolPostgres:
+	case config.ProtocolPostgres:
 		err = c.startPostgres(ctx, first)
-	case ProtocolRedis:
+	case config.ProtocolRedis:
 		err = c.startRedis(ctx, first)
 	default:
 		err = fmt.Errorf("listener %s has unknown protocol %q", c.lis.Addr, c.lis.Protocol)
@@ -394,7 +395,7 @@ func (c *conn) finish(err error) {
 		c.upstream.Close()
 	}
 	switch {
-	case ref != nil && !ref.quiet && c.lis.Protocol == ProtocolRedis:
+	case ref != nil && !ref.quiet && c.lis.Protocol == config.ProtocolRedis:
 		c.tellRedis(ref)
 		c.lingerClose()
 	case ref != nil && !ref.quiet:

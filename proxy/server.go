@@ -16,13 +16,14 @@ import (
 	"github.com/google/uuid"
 	"go.uber.org/zap"
 
+	"github.com/spacegate/spacegate/config"
 	"github.com/spacegate/spacegate/internal/filewatch"
 )
 
 // Options configure a Server.
 type Options struct {
 	// Config is the loaded configuration; required.
-	Config *Config
+	Config *config.Config
 	// Logger receives the audit and operational log. If nil, nothing is logged.
 	Logger *zap.Logger
 	// Metrics receives the metrics. If nil, NewMetrics() is used.
@@ -323,7 +324,7 @@ func (s *Server) accepted(ctx context.Context, addr string, nc net.Conn) {
 	}
 	lim := snap.Config.Limits
 	peer := addrPort(nc.RemoteAddr())
-	e := &pendingEntry{nc: nc, redis: l.Protocol == ProtocolRedis}
+	e := &pendingEntry{nc: nc, redis: l.Protocol == config.ProtocolRedis}
 	var screen func() bool
 	if !snap.trustedProxy(peer.Addr()) {
 		// Behind a trusted proxy the source is known only from its header

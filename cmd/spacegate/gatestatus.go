@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/spacegate/spacegate/config"
 	"github.com/spacegate/spacegate/proxy"
 )
 
@@ -47,7 +48,7 @@ func adminTokenFlag(cmd *cobra.Command, p *string) {
 // --admin-token-file, else of $SPACEGATE_ADMIN_TOKEN_FILE, else the
 // config's admin.token_file (cfg may be nil). A token file that cannot be
 // read is an error, before the command changes anything.
-func newGateAdmin(base, flag string, cfg *proxy.Config) (gateAdmin, error) {
+func newGateAdmin(base, flag string, cfg *config.Config) (gateAdmin, error) {
 	g := gateAdmin{base: base}
 	switch {
 	case flag != "":

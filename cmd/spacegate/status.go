@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/common/model"
 	"github.com/spf13/cobra"
 
+	"github.com/spacegate/spacegate/config"
 	"github.com/spacegate/spacegate/proxy"
 )
 
@@ -129,7 +130,7 @@ func runStatus(ctx context.Context, w io.Writer, f statusFlags) error {
 
 // statusAdminURL returns the base URL of the admin endpoint: --admin, else
 // admin.listen of the config, which it returns too (nil with --admin).
-func statusAdminURL(f statusFlags) (string, *proxy.Config, error) {
+func statusAdminURL(f statusFlags) (string, *config.Config, error) {
 	if f.admin != "" {
 		u := strings.TrimSuffix(f.admin, "/")
 		if !strings.Contains(u, "://") {
@@ -138,7 +139,7 @@ func statusAdminURL(f statusFlags) (string, *proxy.Config, error) {
 		return u, nil, nil
 	}
 	path := configPath(f.config)
-	cfg, err := proxy.LoadConfig(path)
+	cfg, err := config.Load(path)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return "", nil, withHint(err, "pass the gate's admin endpoint with --admin URL, or its config with --config FILE")
