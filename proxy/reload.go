@@ -36,15 +36,15 @@ func (s *Server) Reload() error {
 		err = s.applyListeners(old, snap)
 	}
 	if err != nil {
-		s.metrics.reloads.WithLabelValues("error").Inc()
+		s.metrics.Reloads.WithLabelValues("error").Inc()
 		s.log.Error("reload failed; the previous configuration keeps serving",
 			zap.Uint64("generation", old.Generation), zap.Strings("problems", problemStrings(err)))
 		return err
 	}
 	s.snap.Store(snap)
-	s.metrics.observeSnapshot(snap)
-	s.metrics.reloads.WithLabelValues("ok").Inc()
-	s.metrics.lastReload.SetToCurrentTime()
+	observeSnapshot(s.metrics, snap)
+	s.metrics.Reloads.WithLabelValues("ok").Inc()
+	s.metrics.LastReload.SetToCurrentTime()
 	s.warnStaleCRLs(snap)
 	if s.watcher != nil {
 		if err := s.watcher.SetPaths(snap.Config.Files()); err != nil {

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spacegate/spacegate/admin"
 	"github.com/spacegate/spacegate/allowlist"
 	"github.com/spacegate/spacegate/config"
 	"github.com/spacegate/spacegate/internal/safefile"
@@ -341,6 +342,18 @@ func checkTLSFiles(c *config.Config, i int) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// loadAdminToken reads admin.token_file; nil when there is none.
+func loadAdminToken(c *config.Config) ([]byte, error) {
+	if c.Admin.TokenFile == "" {
+		return nil, nil
+	}
+	tok, err := admin.ReadTokenFile(c.Admin.TokenFile)
+	if err != nil {
+		return nil, c.Errorf(config.Key{"admin", "token_file"}, "admin.token_file: %v", err)
+	}
+	return tok, nil
 }
 
 func tlsOwn(t *config.TLS, get func(*config.TLS) string) string {

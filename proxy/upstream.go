@@ -37,7 +37,7 @@ func (c *conn) dialUpstream(ctx context.Context) error {
 		up = tup
 		c.upFd = fup
 	}
-	c.srv.metrics.upstreamConnect.WithLabelValues(c.route.Name).Observe(time.Since(start).Seconds())
+	c.srv.metrics.UpstreamConnect.WithLabelValues(c.route.Name).Observe(time.Since(start).Seconds())
 	return c.setUpstream(up)
 }
 

@@ -1,4 +1,4 @@
-package proxy
+package admin
 
 import (
 	"errors"
@@ -7,33 +7,18 @@ import (
 	"io/fs"
 	"syscall"
 
-	"github.com/spacegate/spacegate/config"
 	"github.com/spacegate/spacegate/internal/safefile"
 )
 
-// loadAdminToken reads admin.token_file; nil when there is none.
-func loadAdminToken(c *config.Config) ([]byte, error) {
-	if c.Admin.TokenFile == "" {
-		return nil, nil
-	}
-	tok, err := readTokenFile(c.Admin.TokenFile)
-	if err != nil {
-		return nil, c.Errorf(config.Key{"admin", "token_file"}, "admin.token_file: %v", err)
-	}
-	return tok, nil
-}
-
-// ReadTokenFile reads a bearer token file as the gate does, for the CLI.
-func ReadTokenFile(path string) ([]byte, error) { return readTokenFile(path) }
-
-// readTokenFile reads a bearer token: a regular file (after links) of at
+// ReadTokenFile reads the bearer token of admin.token_file, for the gate
+// and for the CLI that talks to it: a regular file (after links) of at
 // most safefile.AdminToken's size, opened without blocking so that a FIFO
 // cannot wedge a reload. One trailing newline (\n or \r\n) is dropped; the
 // rest must be printable ASCII without spaces, as an HTTP header carries
 // it. Like libpq's key files, it must not be readable by others: 0600 or
 // less, or 0640 or less when owned by root (Kubernetes mounts Secrets that
 // way with fsGroup).
-func readTokenFile(path string) ([]byte, error) {
+func ReadTokenFile(path string) ([]byte, error) {
 	f, _, err := safefile.Open(path, safefile.AdminToken)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
