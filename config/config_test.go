@@ -42,7 +42,7 @@ func TestParseProblems(t *testing.T) {
 		yaml string
 		want []string // each must appear among the problems
 	}{
-		{"unknown key", minimalConfig + "    colour: blue\n", []string{"c.yaml:11: field colour not found"}},
+		{"unknown key", minimalConfig + "    colour: blue\n", []string{"c.yaml:11: field colour not found in Route"}},
 		{"bad duration", "limits:\n  handshake_timeout: 10x\n" + minimalConfig, []string{"c.yaml:2:", "10x"}},
 		{"negative duration", "limits:\n  drain_timeout: -1s\n" + minimalConfig, []string{"c.yaml:2: limits.drain_timeout must be positive"}},
 		{"duplicate route name and listen", minimalConfig + `  - name: db
