@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/spacegate/spacegate/config"
 	"github.com/spacegate/spacegate/internal/testenv"
 	"github.com/spacegate/spacegate/tlsconf"
 )
@@ -222,7 +223,7 @@ func (e *env) writeRules(name string, cidrs ...string) {
 func (e *env) start() {
 	t := e.t
 	t.Helper()
-	cfg, err := LoadConfig(e.cfgPath)
+	cfg, err := config.Load(e.cfgPath)
 	if err != nil {
 		t.Fatalf("LoadConfig: %v", err)
 	}

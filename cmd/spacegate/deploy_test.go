@@ -20,8 +20,8 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/spacegate/spacegate/allowlist"
+	"github.com/spacegate/spacegate/config"
 	"github.com/spacegate/spacegate/internal/testenv"
-	"github.com/spacegate/spacegate/proxy"
 )
 
 // The files of deploy/ that name the gate's metrics.
@@ -283,7 +283,7 @@ func TestHelmChartConfig(t *testing.T) {
 					switch {
 					case name == "spacegate.yaml":
 						configs++
-						if _, err := proxy.ParseConfig([]byte(data), "/etc/spacegate/config/spacegate.yaml"); err != nil {
+						if _, err := config.Parse([]byte(data), "/etc/spacegate/config/spacegate.yaml"); err != nil {
 							t.Errorf("the gate refuses the chart's config: %v\n%s", err, data)
 						}
 					case strings.HasSuffix(name, ".yaml"):
