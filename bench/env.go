@@ -236,7 +236,7 @@ func raiseFDLimit() (uint64, error) {
 	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
 		return 0, fmt.Errorf("raising RLIMIT_NOFILE to %d: %w", lim.Max, err)
 	}
-	return lim.Cur, nil
+	return uint64(lim.Cur), nil // int64 on FreeBSD
 }
 
 // moduleRoot finds the spacegate module's directory from the working

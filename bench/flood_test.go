@@ -22,19 +22,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-)
 
-// waitFor polls cond until it holds or d passes.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
+	"github.com/spacegate/spacegate/internal/testenv"
+)
 
 // listenLoopback listens on 127.0.0.1 and hands each connection to serve
 // until the test ends. It records the source address of each.
@@ -96,9 +86,9 @@ func TestIdleFloodHoldsAndReopens(t *testing.T) {
 		}
 	})
 	f := startIdleFlood(context.Background(), addr, strangerAddr, n)
-	waitFor(t, 10*time.Second, "flood did not open its sockets", func() bool { return f.open.Load() == n })
+	testenv.WaitFor(t, 10*time.Second, "flood did not open its sockets", func() bool { return f.open.Load() == n })
 	close(stopHeld) // every held socket is closed; each must come back
-	waitFor(t, 10*time.Second, "flood did not reopen the sockets the server closed", func() bool { return f.opened.Load() >= 3*n })
+	testenv.WaitFor(t, 10*time.Second, "flood did not reopen the sockets the server closed", func() bool { return f.opened.Load() >= 3*n })
 	f.stop()
 	if got := f.open.Load(); got != 0 {
 		t.Errorf("after stop, %d flood sockets still open", got)
@@ -110,7 +100,7 @@ func TestIdleFloodHoldsAndReopens(t *testing.T) {
 	// Stopped means stopped: once the accept queue has drained (dials
 	// made before stop), no connection arrives.
 	last, since := accepted.Load(), time.Now()
-	waitFor(t, 5*time.Second, "connections still arriving after stop", func() bool {
+	testenv.WaitFor(t, 5*time.Second, "connections still arriving after stop", func() bool {
 		if n := accepted.Load(); n != last {
 			last, since = n, time.Now()
 		}
@@ -125,7 +115,7 @@ func TestIdleFloodEndsWithContext(t *testing.T) {
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	f := startIdleFlood(ctx, addr, clientAddr, 20)
-	waitFor(t, 10*time.Second, "flood did not open its sockets", func() bool { return f.open.Load() == 20 })
+	testenv.WaitFor(t, 10*time.Second, "flood did not open its sockets", func() bool { return f.open.Load() == 20 })
 	cancel()
 	done := make(chan struct{})
 	go func() { f.wg.Wait(); close(done) }()
@@ -176,7 +166,7 @@ func TestHelloFloodGetsServerFlights(t *testing.T) {
 		tc.Handshake() // fails when the flood hangs up
 	})
 	f := startHelloFlood(context.Background(), addr, strangerAddr, 4, hello)
-	waitFor(t, 20*time.Second, "the ClientHello flood counted no server flights", func() bool { return f.handshakes.Load() >= 20 })
+	testenv.WaitFor(t, 20*time.Second, "the ClientHello flood counted no server flights", func() bool { return f.handshakes.Load() >= 20 })
 	f.stop()
 	if f.refused.Load() != 0 {
 		t.Errorf("%d SSLRequests counted refused by a server that answers 'S'", f.refused.Load())
@@ -203,7 +193,7 @@ func TestHelloFloodCountsRefusals(t *testing.T) {
 		}
 	})
 	f := startHelloFlood(context.Background(), addr, strangerAddr, 2, hello)
-	waitFor(t, 10*time.Second, "no refusal counted", func() bool { return f.refused.Load() >= 5 })
+	testenv.WaitFor(t, 10*time.Second, "no refusal counted", func() bool { return f.refused.Load() >= 5 })
 	f.stop()
 	if f.handshakes.Load() != 0 {
 		t.Errorf("%d handshakes counted against a server that speaks no TLS", f.handshakes.Load())

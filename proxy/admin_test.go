@@ -9,13 +9,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"go.uber.org/zap"
 
-	"github.com/spacegate/spacegate/internal/safefile"
+	"github.com/spacegate/spacegate/admin"
+	"github.com/spacegate/spacegate/config"
 	"github.com/spacegate/spacegate/internal/testenv"
 )
 
@@ -76,124 +76,6 @@ func TestListenWildcardFamilies(t *testing.T) {
 	}
 }
 
-func TestAdminListenRule(t *testing.T) {
-	for _, tc := range []struct {
-		admin string
-		want  string // "" for no problem
-	}{
-		{"admin:\n  listen: 127.0.0.1:9187\n", ""},
-		{"admin:\n  listen: 127.0.0.2:9187\n", ""},
-		{"admin:\n  listen: \"[::1]:9187\"\n", ""},
-		{"admin:\n  listen: :9187\n", ""},
-		{"admin:\n  listen: 0.0.0.0:9187\n  token_file: admin.token\n", ""},
-		{"admin:\n  listen: 0.0.0.0:9187\n", "c.yaml:2: admin.listen 0.0.0.0:9187 is not a loopback address, and the admin endpoint shows every live session: set admin.token_file"},
-		{"admin:\n  pprof: true\n  listen: 192.0.2.10:9187\n", "c.yaml:3: admin.listen 192.0.2.10:9187 is not a loopback address"},
-		{"admin:\n  listen: \"[::]:9187\"\n", "c.yaml:2: admin.listen [::]:9187 is not a loopback address"},
-		{"admin:\n  listen: localhost:9187\n", "c.yaml:2: admin.listen localhost:9187 is not a loopback address"},
-		{"admin:\n  listen: :0\n", `c.yaml:2: admin.listen: "127.0.0.1:0": port "0" is not a number`},
-	} {
-		_, err := ParseConfig([]byte(tc.admin+minimalConfig), "c.yaml")
-		switch {
-		case tc.want == "" && err != nil:
-			t.Errorf("%q: %v", tc.admin, err)
-		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
-			t.Errorf("%q: error %v, want %q", tc.admin, err, tc.want)
-		}
-	}
-	cfg, err := ParseConfig([]byte("admin:\n  listen: 0.0.0.0:9187\n  token_file: admin.token\n"+minimalConfig), "/etc/spacegate/c.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if cfg.Admin.TokenFile != "/etc/spacegate/admin.token" {
-		t.Errorf("token_file not resolved against the config's directory: %q", cfg.Admin.TokenFile)
-	}
-	if got := cfg.Files(); len(got) < 2 || got[1] != "/etc/spacegate/admin.token" {
-		t.Errorf("Files() = %q: the reload must watch the token file", got)
-	}
-}
-
-func TestReadTokenFile(t *testing.T) {
-	dir := t.TempDir()
-	type file struct {
-		data  string
-		perm  os.FileMode
-		owner int // uid to chown to; -1 keeps ours
-	}
-	for _, tc := range []struct {
-		name string
-		file file
-		want string // the token, or with err the problem
-		err  bool
-	}{
-		{"newline", file{"s3cret-token\n", 0o600, -1}, "s3cret-token", false},
-		{"crlf", file{"s3cret-token\r\n", 0o600, -1}, "s3cret-token", false},
-		{"no newline", file{"s3cret-token", 0o400, -1}, "s3cret-token", false},
-		{"empty", file{"", 0o600, -1}, "is empty", true},
-		{"only a newline", file{"\n", 0o600, -1}, "is empty", true},
-		{"two lines", file{"one\ntwo\n", 0o600, -1}, "printable ASCII", true},
-		{"trailing blank line", file{"tok\n\n", 0o600, -1}, "printable ASCII", true},
-		{"space", file{"my token\n", 0o600, -1}, "printable ASCII", true},
-		{"too large", file{strings.Repeat("a", int(safefile.AdminToken.Max)+1), 0o600, -1}, "the limit for an admin token file is 4 KiB", true},
-		{"world readable", file{"tok\n", 0o644, -1}, "has permissions 0644", true},
-		{"group writable", file{"tok\n", 0o660, -1}, "has permissions 0660", true},
-		{"group readable, not root's", file{"tok\n", 0o640, 65534}, "must be u=rw (0600) or less", true},
-		{"group readable, root's", file{"tok\n", 0o640, 0}, "tok", false},
-	} {
-		path := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "_"))
-		if err := os.WriteFile(path, []byte(tc.file.data), tc.file.perm); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Chmod(path, tc.file.perm); err != nil { // past the umask
-			t.Fatal(err)
-		}
-		if tc.file.owner >= 0 {
-			if os.Geteuid() != 0 {
-				t.Logf("%s: skipped, needs root to chown", tc.name)
-				continue
-			}
-			if err := os.Chown(path, tc.file.owner, -1); err != nil {
-				t.Fatal(err)
-			}
-		}
-		tok, err := readTokenFile(path)
-		switch {
-		case tc.err && (err == nil || !strings.Contains(err.Error(), tc.want)):
-			t.Errorf("%s: %q, %v; want an error with %q", tc.name, tok, err, tc.want)
-		case !tc.err && (err != nil || string(tok) != tc.want):
-			t.Errorf("%s: %q, %v; want %q", tc.name, tok, err, tc.want)
-		}
-	}
-
-	link := filepath.Join(dir, "link")
-	if err := os.Symlink(filepath.Join(dir, "newline"), link); err != nil {
-		t.Fatal(err)
-	}
-	if tok, err := readTokenFile(link); err != nil || string(tok) != "s3cret-token" {
-		t.Errorf("through a link: %q, %v", tok, err)
-	}
-	// Neither a directory nor a FIFO is a token; the FIFO, with no writer,
-	// must not block the read.
-	fifo := filepath.Join(dir, "fifo")
-	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	for p, kind := range map[string]string{dir: "a directory", fifo: "a FIFO", "/dev/zero": "a character device"} {
-		done := make(chan error, 1)
-		go func() { _, err := readTokenFile(p); done <- err }()
-		select {
-		case err := <-done:
-			if want := " is " + kind; err == nil || !strings.Contains(err.Error(), want) {
-				t.Errorf("%s: %v, want %q", p, err, want)
-			}
-		case <-time.After(5 * time.Second):
-			t.Fatalf("reading %s blocked", p)
-		}
-	}
-	if _, err := readTokenFile(filepath.Join(dir, "missing")); err == nil || !strings.Contains(err.Error(), "does not exist") {
-		t.Errorf("missing file: %v", err)
-	}
-}
-
 // adminGate runs a gate whose admin endpoint reads the token file it
 // returns (admin.token_file left out when token is ""), with pprof on.
 func adminGate(t *testing.T, token string) (srv *Server, base, tokenFile string) {
@@ -221,7 +103,7 @@ routes:
     upstream: 127.0.0.1:1
     ip_rules_file: rules.yaml
 `, testenv.FreeAddr(t), tokenKey, pki.ServerCertFile, pki.ServerKeyFile, pki.CAFile, testenv.FreeAddr(t)))
-	cfg, err := LoadConfig(path)
+	cfg, err := config.Load(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -350,7 +232,7 @@ func TestAdminTokenReload(t *testing.T) {
 // token_file) refuses rather than open.
 func TestAdminPublicWithoutTokenFailsClosed(t *testing.T) {
 	srv, _, _ := adminGate(t, "")
-	h := srv.adminHandler(true, true)
+	h := admin.Handler(srv, admin.Options{Metrics: srv.metrics, Pprof: true, Public: true})
 	for path, want := range map[string]int{"/v1/status": 401, "/metrics": 401, "/debug/pprof/": 401, "/healthz": 200} {
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/spacegate/spacegate/config"
 	"github.com/spacegate/spacegate/tlsconf"
 )
 
@@ -70,7 +71,7 @@ func (c *conn) certHint(r tlsconf.Reason) string {
 	switch {
 	case r != tlsconf.ReasonCertMissing:
 		return ""
-	case c.lis.Protocol == ProtocolRedis:
+	case c.lis.Protocol == config.ProtocolRedis:
 		return redisCertHint
 	}
 	return "libpq: set sslcert and sslkey, or PGSSLCERT and PGSSLKEY; a wrong path is silently ignored by libpq"
@@ -114,7 +115,7 @@ func (c *conn) recheck(snap *Snapshot) *Refusal {
 
 // boundUser returns the PostgreSQL user r allows for id, if r binds one.
 func boundUser(r *Route, id tlsconf.Identity) (string, bool) {
-	if !r.PostgresUserFromCert || r.Protocol != ProtocolPostgres {
+	if !r.PostgresUserFromCert || r.Protocol != config.ProtocolPostgres {
 		return "", false
 	}
 	if mapped, ok := r.PostgresUserMap[id.CommonName]; ok {

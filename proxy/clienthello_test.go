@@ -12,6 +12,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/spacegate/spacegate/config"
 	"github.com/spacegate/spacegate/internal/testenv"
 )
 
@@ -158,18 +159,18 @@ func TestServerNamesTrailingDot(t *testing.T) {
 		return fmt.Sprintf("  - name: %s\n    protocol: postgres\n    listen: 127.0.0.1:6432\n    server_names: %s\n    upstream: 127.0.0.1:5432\n    ip_rules_file: rules/db.yaml\n", name, names)
 	}
 	head := "tls: {cert_file: a, key_file: b, client_ca_file: c}\nroutes:\n"
-	cfg, err := ParseConfig([]byte(head+route("a", "[db-a.test.]")+route("b", "[DB-B.test]")), "c.yaml")
+	cfg, err := config.Parse([]byte(head+route("a", "[db-a.test.]")+route("b", "[DB-B.test]")), "c.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got := cfg.Routes[0].ServerNames; len(got) != 1 || got[0] != "db-a.test" {
 		t.Errorf("server_names = %q, want [db-a.test]", got)
 	}
-	_, err = ParseConfig([]byte(head+route("a", "[db.test.]")+route("b", "[db.test]")), "c.yaml")
+	_, err = config.Parse([]byte(head+route("a", "[db.test.]")+route("b", "[db.test]")), "c.yaml")
 	if err == nil || !strings.Contains(err.Error(), `server name "db.test" is already served by route "a"`) {
 		t.Errorf("the same name with and without a dot: %v", err)
 	}
-	_, err = ParseConfig([]byte(head+route("a", "[db.test..]")+route("b", "[b.test]")), "c.yaml")
+	_, err = config.Parse([]byte(head+route("a", "[db.test..]")+route("b", "[b.test]")), "c.yaml")
 	if err == nil || !strings.Contains(err.Error(), `server name "db.test." is not a host name`) {
 		t.Errorf("two dots: %v", err)
 	}

@@ -16,6 +16,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/spacegate/spacegate/config"
 	"github.com/spacegate/spacegate/tlsconf"
 )
 
@@ -135,9 +136,9 @@ func (c *conn) run(ctx context.Context) error {
 		return err
 	}
 	switch c.lis.Protocol {
-	case ProtocolPostgres:
+	case config.ProtocolPostgres:
 		err = c.startPostgres(ctx, first)
-	case ProtocolRedis:
+	case config.ProtocolRedis:
 		err = c.startRedis(ctx, first)
 	default:
 		err = fmt.Errorf("listener %s has unknown protocol %q", c.lis.Addr, c.lis.Protocol)
@@ -178,10 +179,10 @@ func (c *conn) run(ctx context.Context) error {
 	}
 	c.phase = PhaseSplice
 	m := c.srv.metrics
-	m.established.WithLabelValues(c.route.Name).Inc()
-	m.handshake.WithLabelValues(c.route.Name).Observe(time.Since(c.start).Seconds())
-	m.active.WithLabelValues(c.route.Name).Inc()
-	m.observeClientCert(c.route.Name, c.identity)
+	m.Established.WithLabelValues(c.route.Name).Inc()
+	m.Handshake.WithLabelValues(c.route.Name).Observe(time.Since(c.start).Seconds())
+	m.Active.WithLabelValues(c.route.Name).Inc()
+	observeClientCert(m, c.route.Name, c.identity)
 	c.srv.conns.update(c)
 	c.armExpiry()
 	return c.splice()
@@ -394,7 +395,7 @@ func (c *conn) finish(err error) {
 		c.upstream.Close()
 	}
 	switch {
-	case ref != nil && !ref.quiet && c.lis.Protocol == ProtocolRedis:
+	case ref != nil && !ref.quiet && c.lis.Protocol == config.ProtocolRedis:
 		c.tellRedis(ref)
 		c.lingerClose()
 	case ref != nil && !ref.quiet:
@@ -432,7 +433,7 @@ func (c *conn) release() {
 		c.srv.limits.release(c.route.Name, c.src.Addr(), c.identity.Serial)
 	}
 	if c.phase == PhaseSplice {
-		c.srv.metrics.active.WithLabelValues(c.route.Name).Dec()
+		c.srv.metrics.Active.WithLabelValues(c.route.Name).Dec()
 	}
 }
 
@@ -511,8 +512,8 @@ func (c *conn) audit(ref *Refusal) {
 	cut := c.cutRefusal()
 	switch {
 	case cut != nil:
-		m.cut.WithLabelValues(c.routeName(), cut.Reason.String()).Inc()
-		m.closed.WithLabelValues(c.routeName()).Inc()
+		m.Cut.WithLabelValues(c.routeName(), cut.Reason.String()).Inc()
+		m.Closed.WithLabelValues(c.routeName()).Inc()
 		fields = append(fields, zap.String("verdict", "cut"), zap.String("reason", cut.Reason.String()),
 			zap.String("message", cut.Msg), zap.Int64("bytes_up", c.bytesUp), zap.Int64("bytes_down", c.bytesDown))
 		c.srv.log.Warn("connection cut", fields...)
@@ -527,7 +528,7 @@ func (c *conn) audit(ref *Refusal) {
 		}
 		c.srv.log.Info("cancel request", fields...)
 	case ref != nil:
-		m.refused.WithLabelValues(c.routeName(), ref.Reason.String()).Inc()
+		m.Refused.WithLabelValues(c.routeName(), ref.Reason.String()).Inc()
 		fields = append(fields, zap.String("verdict", "refused"), zap.String("reason", ref.Reason.String()),
 			zap.String("phase", c.phase.String()), zap.String("message", ref.Msg))
 		if ref.Err != nil {
@@ -537,10 +538,10 @@ func (c *conn) audit(ref *Refusal) {
 			c.srv.log.Warn("connection refused", fields...)
 		}
 	default:
-		m.closed.WithLabelValues(c.routeName()).Inc()
-		m.duration.WithLabelValues(c.routeName()).Observe(time.Since(c.start).Seconds())
-		m.bytes.WithLabelValues(c.routeName(), "upstream").Add(float64(c.bytesUp))
-		m.bytes.WithLabelValues(c.routeName(), "client").Add(float64(c.bytesDown))
+		m.Closed.WithLabelValues(c.routeName()).Inc()
+		m.Duration.WithLabelValues(c.routeName()).Observe(time.Since(c.start).Seconds())
+		m.Bytes.WithLabelValues(c.routeName(), "upstream").Add(float64(c.bytesUp))
+		m.Bytes.WithLabelValues(c.routeName(), "client").Add(float64(c.bytesDown))
 		fields = append(fields, zap.String("verdict", "closed"),
 			zap.Int64("bytes_up", c.bytesUp), zap.Int64("bytes_down", c.bytesDown))
 		c.srv.log.Info("connection closed", fields...)

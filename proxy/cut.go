@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/spacegate/spacegate/config"
 )
 
 // cutGrace bounds how long a cut waits for a PostgreSQL message boundary
@@ -29,7 +31,7 @@ func (c *conn) cut(r *Refusal) {
 	c.cutting.Store(true)
 	up, sess := c.upstream, c.sess
 	c.mu.Unlock()
-	if c.lis.Protocol != ProtocolPostgres || up == nil {
+	if c.lis.Protocol != config.ProtocolPostgres || up == nil {
 		c.abort()
 		return
 	}

@@ -1,10 +1,11 @@
-// Package proxy is the spacegate gate itself: the config model, the listeners,
-// the life of one client connection through the PostgreSQL or Redis front end,
-// the checks that decide whether it may reach its upstream, the splice that
-// carries its bytes afterwards, and the admin HTTP endpoint that exposes
-// metrics and status.
+// Package proxy is the spacegate gate itself: the listeners, the
+// life of one client connection through the PostgreSQL or Redis front end,
+// the checks that decide whether it may reach its upstream, and the splice that
+// carries its bytes afterwards. It serves the admin API of package admin
+// (Server implements admin.Gate) and updates its metrics.
 //
-// A Server serves one immutable Snapshot at a time: the routes, one allowlist
+// A Server serves one immutable Snapshot at a time, built from a
+// config.Config and the files it names: the routes, one allowlist
 // matcher per route, and the TLS material. Each connection reads the snapshot
 // once, when it is accepted, so a connection never mixes two configurations.
 //

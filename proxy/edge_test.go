@@ -15,6 +15,7 @@ import (
 	"github.com/pires/go-proxyproto"
 	"go.uber.org/zap"
 
+	"github.com/spacegate/spacegate/config"
 	"github.com/spacegate/spacegate/internal/testenv"
 )
 
@@ -411,7 +412,7 @@ func TestListenFailureNamesRoute(t *testing.T) {
 	dir := t.TempDir()
 	rules := dir + "/rules.yaml"
 	writeFile(t, rules, "rules: []\n")
-	cfg, err := ParseConfig([]byte(fmt.Sprintf(`tls: {cert_file: %s, key_file: %s, client_ca_file: %s}
+	cfg, err := config.Parse([]byte(fmt.Sprintf(`tls: {cert_file: %s, key_file: %s, client_ca_file: %s}
 routes:
   - name: sushi-db
     protocol: postgres

@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/spacegate/spacegate/config"
 	"github.com/spacegate/spacegate/internal/testenv"
 	"github.com/spacegate/spacegate/tlsconf"
 )
@@ -222,7 +223,7 @@ func (e *env) writeRules(name string, cidrs ...string) {
 func (e *env) start() {
 	t := e.t
 	t.Helper()
-	cfg, err := LoadConfig(e.cfgPath)
+	cfg, err := config.Load(e.cfgPath)
 	if err != nil {
 		t.Fatalf("LoadConfig: %v", err)
 	}
@@ -264,16 +265,10 @@ func (e *env) shutdown(d time.Duration) error {
 	}
 }
 
-// waitFor polls cond every 20ms until it holds or d passes.
+// waitFor is testenv.WaitFor: it polls cond until it holds or d passes.
 func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testenv.WaitFor(t, d, what, cond)
 }
 
 // refusals returns the audit lines of refused connections with the given reason.

@@ -389,36 +389,74 @@ func TestFaults(t *testing.T) {
 			waitFor(t, 10*time.Second, "the upstream backend to end", func() bool { return upstreamBackends(t, f.pg, "copy sink%") == 0 })
 			waitFor(t, 5*time.Second, "the session to end", func() bool { return f.srv.conns.len() == 0 })
 		}},
-		{name: "rules file rewritten in place, slowly", upstream: "shared",
+		{name: "rules file truncated, reloaded, then written", upstream: "shared",
 			fault: func(t *testing.T, f *faultEnv) {
-				c, err := pgConnect(t, f.pgConnString(f.client))
+				// As a config tool that truncates, then writes a moment
+				// later; a reload (SIGHUP, a file event) lands in between
+				// and sees the file empty. The old rules keep serving
+				// until the write lands, and then the new ones do.
+				live, err := pgConnect(t, f.pgConnString(f.client))
 				if err != nil {
 					t.Fatal(err)
 				}
-				defer c.Close(context.Background())
-				// As a config tool that truncates, then writes a moment later.
+				defer live.Close(context.Background())
+				admits := func(src string) error {
+					c, err := pgConnect(t, f.pgConnString(f.client), withDialFrom(src))
+					if err == nil {
+						c.Close(context.Background())
+					}
+					return err
+				}
+				if err := admits("127.0.0.2"); err == nil {
+					t.Fatal("127.0.0.2 admitted by the first rules, which do not name it")
+				}
+				gen := f.generation()
+				failed := f.logs.FilterMessage("reload failed; the previous configuration keeps serving").Len()
+
 				path := filepath.Join(f.dir, "rules.yaml")
-				data, err := os.ReadFile(path)
-				if err != nil {
-					t.Fatal(err)
-				}
 				w, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
 				if err != nil {
 					t.Fatal(err)
 				}
-				time.Sleep(200 * time.Millisecond)
-				_, err = w.Write(data)
-				if cerr := w.Close(); err == nil {
-					err = cerr
+				defer w.Close()
+				if err := f.srv.Reload(); err == nil || !strings.Contains(fmt.Sprint(problemStrings(err)), "is empty") {
+					t.Fatalf("Reload of a truncated rules file = %v, want the problem that it is empty", err)
 				}
-				if err != nil {
+				if got := f.generation(); got != gen {
+					t.Fatalf("generation %d after a reload of a truncated rules file, want %d still", got, gen)
+				}
+				if n := f.logs.FilterMessage("reload failed; the previous configuration keeps serving").Len(); n <= failed {
+					t.Error("the failed reload was not logged")
+				}
+				if !strings.Contains(f.get(t, "/metrics"), `spacegate_reloads_total{result="error"}`) {
+					t.Error(`the failed reload was not counted in spacegate_reloads_total{result="error"}`)
+				}
+				requireAlive(t, live)
+				if err := admits("127.0.0.1"); err != nil {
+					t.Fatalf("127.0.0.1, allowed by the old rules, while the file is empty: %v", err)
+				}
+				err = admits("127.0.0.2")
+				var pgErr *pgconn.PgError
+				if !errors.As(err, &pgErr) || pgErr.Code != "28000" || !strings.Contains(pgErr.Message, "source address 127.0.0.2 is not allowed") {
+					t.Fatalf("127.0.0.2, refused by the old rules, while the file is empty: got %v, want FATAL 28000", err)
+				}
+
+				if _, err := w.Write(rulesYAML("127.0.0.1/32", "127.0.0.2/32")); err != nil {
 					t.Fatal(err)
 				}
-				time.Sleep(300 * time.Millisecond) // past the debounce of the write
-				var n int
-				if err := c.QueryRow(context.Background(), "select 1").Scan(&n); err != nil {
-					t.Fatalf("a session allowed before and after the rewrite: %v", err)
+				if err := w.Close(); err != nil {
+					t.Fatal(err)
 				}
+				if err := f.srv.Reload(); err != nil {
+					t.Fatalf("Reload once the write landed: %v", err)
+				}
+				if got := f.generation(); got <= gen {
+					t.Fatalf("generation %d after the write landed, want more than %d", got, gen)
+				}
+				if err := admits("127.0.0.2"); err != nil {
+					t.Fatalf("127.0.0.2, added by the new rules: %v", err)
+				}
+				requireAlive(t, live)
 			}},
 		{name: "reload mid-handshake", upstream: "shared", fault: func(t *testing.T, f *faultEnv) {
 			const clients = 50

@@ -109,6 +109,8 @@ func connectTimes(t *testing.T, e *env, n int) []time.Duration {
 			t.Errorf("select 6*7 = %d", got)
 		}
 		c.Close(context.Background())
+		// Not a wait: the pace of a real client that reconnects now
+		// and then, so that the attempts sample the whole flood.
 		time.Sleep(50 * time.Millisecond)
 	}
 	return times
@@ -130,7 +132,7 @@ func percentile(d []time.Duration, p float64) time.Duration {
 // flood. Strangers are closed before TLS once the pool is under pressure.
 func TestFloodRealClientsGetIn(t *testing.T) {
 	const holders, churners, attempts = 2000, 1, 20
-	setFDLimit(t, fdLimit(t).Max)
+	setFDLimit(t, uint64(fdLimit(t).Max))
 	if got := fdLimit(t).Cur; got < 4*holders+500 {
 		t.Skipf("RLIMIT_NOFILE hard limit %d is below the %d this test needs", got, 4*holders+500)
 	}

@@ -10,7 +10,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -20,6 +19,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/spacegate/spacegate/config"
 	"github.com/spacegate/spacegate/internal/testenv"
 )
 
@@ -160,31 +160,6 @@ func FuzzReadProxyHeader(f *testing.F) {
 	})
 }
 
-func FuzzParseConfig(f *testing.F) {
-	const file = "fuzz.yaml"
-	f.Fuzz(func(t *testing.T, data []byte) {
-		start := time.Now()
-		cfg, err := ParseConfig(data, file)
-		// Generous: the point is to catch a parse that never ends or
-		// grows with the square of a nesting depth, not a slow machine.
-		if d := time.Since(start); d > 10*time.Second {
-			t.Fatalf("ParseConfig took %s for %d bytes", d, len(data))
-		}
-		if err == nil {
-			if cfg == nil {
-				t.Fatal("nil config without error")
-			}
-			return
-		}
-		// Every problem names the file, as `spacegate check` prints them.
-		for _, p := range Problems(err) {
-			if p == nil || !strings.HasPrefix(p.Error(), file) {
-				t.Fatalf("problem %q does not name the file", p)
-			}
-		}
-	})
-}
-
 // serveFuzz is a Server that is never Run: FuzzServe hands it sockets
 // accepted from its own listener, as the accept loop would.
 type serveFuzz struct {
@@ -227,7 +202,7 @@ routes:
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		f.Fatal(err)
 	}
-	c, err := LoadConfig(path)
+	c, err := config.Load(path)
 	if err != nil {
 		f.Fatal(err)
 	}

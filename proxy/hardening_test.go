@@ -110,7 +110,7 @@ func setFDLimit(t testing.TB, soft uint64) {
 		t.Fatal(err)
 	}
 	lim := orig
-	lim.Cur = min(soft, orig.Max)
+	lim.Cur = atMost(soft, orig.Max)
 	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
 		t.Fatalf("setrlimit(NOFILE, %d): %v", lim.Cur, err)
 	}
@@ -120,6 +120,10 @@ func setFDLimit(t testing.TB, soft uint64) {
 		}
 	})
 }
+
+// atMost is min(soft, max) in the type of max: Rlimit's fields are uint64
+// on Linux and macOS, int64 on FreeBSD.
+func atMost[T int64 | uint64](soft uint64, max T) T { return T(min(soft, uint64(max))) }
 
 func fdLimit(t testing.TB) syscall.Rlimit {
 	var lim syscall.Rlimit
@@ -225,7 +229,7 @@ func TestSlowAndIdleClients(t *testing.T) {
 		const n = 2000
 		const timeout = time.Second
 		lim := fdLimit(t)
-		setFDLimit(t, lim.Max)
+		setFDLimit(t, uint64(lim.Max))
 		if got := fdLimit(t).Cur; got < 2*n+500 {
 			t.Skipf("RLIMIT_NOFILE hard limit %d is below the %d this test needs", got, 2*n+500)
 		}
@@ -274,7 +278,7 @@ func TestSlowAndIdleClients(t *testing.T) {
 				if d := int64(time.Since(start)); d > slowest.Load() {
 					slowest.Store(d)
 				}
-				time.Sleep(50 * time.Millisecond)
+				time.Sleep(50 * time.Millisecond) // not a wait: a probe every 50ms through the flood
 			}
 		}()
 
@@ -528,7 +532,7 @@ func TestAcceptSurvivesEMFILE(t *testing.T) {
 	// Backing off: over a while at the limit the loop logs no more and
 	// burns little CPU, and the live session goes on.
 	before := cpuTime(t)
-	time.Sleep(1500 * time.Millisecond)
+	time.Sleep(1500 * time.Millisecond) // not a wait: the span measured
 	spent := cpuTime(t) - before
 	if n := acceptFailed(); n != 1 {
 		t.Errorf("%q logged %d times in one streak, want once", logMsg, n)
@@ -683,6 +687,8 @@ func writeChunked(w io.Writer, b []byte, rng *rand.Rand) error {
 		}
 		b = b[n:]
 		if rng.IntN(64) == 0 {
+			// Not a wait: a random pause, so that the reader sees
+			// the stream in random pieces.
 			time.Sleep(time.Duration(rng.IntN(2000)) * time.Microsecond)
 		}
 	}

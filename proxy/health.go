@@ -8,6 +8,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/spacegate/spacegate/admin"
 )
 
 // upstreamProbeInterval is how often the gate connects to each upstream to
@@ -17,33 +19,24 @@ import (
 // are common and stays quiet) and to Redis.
 const upstreamProbeInterval = 10 * time.Second
 
-// UpstreamHealth is the last probe of a route's upstream.
-type UpstreamHealth struct {
-	Reachable bool      `json:"reachable"`
-	CheckedAt time.Time `json:"checked_at"`
-	// Error says why the last probe failed, without the upstream's address
-	// (status readers may not be the config's readers).
-	Error string `json:"error,omitempty"`
-}
-
 // healthState holds the last probe per route. Safe for concurrent use.
 type healthState struct {
 	mu      sync.Mutex
-	byRoute map[string]UpstreamHealth
+	byRoute map[string]admin.UpstreamHealth
 }
 
-func (h *healthState) get(route string) (UpstreamHealth, bool) {
+func (h *healthState) get(route string) (admin.UpstreamHealth, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	v, ok := h.byRoute[route]
 	return v, ok
 }
 
-func (h *healthState) set(route string, v UpstreamHealth) {
+func (h *healthState) set(route string, v admin.UpstreamHealth) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.byRoute == nil {
-		h.byRoute = map[string]UpstreamHealth{}
+		h.byRoute = map[string]admin.UpstreamHealth{}
 	}
 	h.byRoute[route] = v
 }
@@ -78,13 +71,13 @@ func (s *Server) probe(ctx context.Context, r *Route, timeout time.Duration) {
 	if ctx.Err() != nil || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
 		return // shutting down, or the gate's own fd limit: not a verdict on the upstream
 	}
-	h := UpstreamHealth{Reachable: err == nil, CheckedAt: time.Now().UTC()}
+	h := admin.UpstreamHealth{Reachable: err == nil, CheckedAt: time.Now().UTC()}
 	if err != nil {
 		h.Error = probeError(err)
-		s.metrics.upstreamUp.WithLabelValues(r.Name).Set(0)
+		s.metrics.UpstreamUp.WithLabelValues(r.Name).Set(0)
 	} else {
 		nc.Close()
-		s.metrics.upstreamUp.WithLabelValues(r.Name).Set(1)
+		s.metrics.UpstreamUp.WithLabelValues(r.Name).Set(1)
 	}
 	s.health.set(r.Name, h)
 }

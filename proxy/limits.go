@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net/netip"
 	"sync"
+
+	"github.com/spacegate/spacegate/config"
 )
 
 // limiter counts admitted connections against max_connections, each
@@ -21,7 +23,7 @@ type limiter struct {
 // acquire takes a slot for a connection of route from src, or returns the
 // refusal that names the limit reached. cert is the client certificate's
 // serial.
-func (l *limiter) acquire(lim LimitsConfig, route *Route, src netip.Addr, cert string) *Refusal {
+func (l *limiter) acquire(lim config.Limits, route *Route, src netip.Addr, cert string) *Refusal {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.perRoute == nil {

@@ -9,11 +9,13 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/spacegate/spacegate/config"
 )
 
-// NewLogger builds the zap logger a LogConfig describes: JSON by default,
+// NewLogger builds the zap logger a config.Log describes: JSON by default,
 // with RFC 3339 timestamps so the audit lines read well in any log store.
-func NewLogger(lc LogConfig) (*zap.Logger, error) {
+func NewLogger(lc config.Log) (*zap.Logger, error) {
 	level := zapcore.InfoLevel
 	if lc.Level != "" {
 		if err := level.Set(lc.Level); err != nil {

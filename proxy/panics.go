@@ -41,7 +41,7 @@ var errPanicked = errors.New("internal error (recovered panic)")
 // called from the deferred function that recovered, so that the stack it
 // records still holds the panicking frames.
 func (s *Server) notePanic(c *conn, v any) {
-	s.metrics.panics.Inc()
+	s.metrics.Panics.Inc()
 	s.log.Error("panic in connection code; the connection was closed, the gate goes on",
 		zap.String("id", c.id), zap.String("route", c.routeName()), zap.String("source", c.src.String()),
 		zap.String("phase", c.phase.String()), zap.Any("panic", v), zap.Stack("stack"))

@@ -182,7 +182,7 @@ func (c *conn) readStartupInTLS(ctx context.Context) error {
 // does not answer delays neither the others nor the client.
 func (c *conn) forwardCancel(ctx context.Context, pkt []byte) error {
 	c.cancel = true
-	m := c.srv.metrics.cancels
+	m := c.srv.metrics.Cancels
 	if ref := checkCancelPacket(pkt); ref != nil {
 		m.WithLabelValues(c.routeName(), "refused").Inc()
 		return ref

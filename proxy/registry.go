@@ -3,43 +3,29 @@ package proxy
 import (
 	"sort"
 	"sync"
-	"time"
+
+	"github.com/spacegate/spacegate/admin"
 )
 
 // registry is the set of live connections: status lists them, and drain
 // (and, later, reload) finds the ones to cut. It is safe for concurrent use.
 type registry struct {
 	mu    sync.Mutex
-	conns map[*conn]ConnInfo
+	conns map[*conn]admin.Conn
 }
 
-// ConnInfo describes one live connection in /v1/status.
-type ConnInfo struct {
-	ID           string    `json:"id"`
-	Route        string    `json:"route"`
-	Source       string    `json:"source"`
-	Phase        string    `json:"phase"`
-	Since        time.Time `json:"since"`
-	IPRule       string    `json:"ip_rule,omitempty"`
-	CertSubject  string    `json:"cert_subject,omitempty"`
-	CertSerial   string    `json:"cert_serial,omitempty"`
-	CertNotAfter time.Time `json:"cert_not_after,omitzero"`
-	User         string    `json:"user,omitempty"`
-	Database     string    `json:"database,omitempty"`
-}
-
-func (r *registry) init() { r.conns = map[*conn]ConnInfo{} }
+func (r *registry) init() { r.conns = map[*conn]admin.Conn{} }
 
 func (r *registry) add(c *conn) {
 	r.mu.Lock()
-	r.conns[c] = ConnInfo{ID: c.id, Route: c.routeName(), Source: c.src.String(), Phase: c.phase.String(), Since: c.start}
+	r.conns[c] = admin.Conn{ID: c.id, Route: c.routeName(), Source: c.src.String(), Phase: c.phase.String(), Since: c.start}
 	r.mu.Unlock()
 }
 
 // update records what the connection's checks found; called once, when the
 // connection starts splicing, by the connection's own goroutine.
 func (r *registry) update(c *conn) {
-	info := ConnInfo{
+	info := admin.Conn{
 		ID: c.id, Route: c.route.Name, Source: c.src.String(), Phase: c.phase.String(), Since: c.start,
 		IPRule: c.ruleID, CertSubject: c.identity.Subject, CertSerial: c.identity.Serial,
 		CertNotAfter: c.identity.NotAfter, User: c.pgUser, Database: c.pgDB,
@@ -62,9 +48,9 @@ func (r *registry) len() int {
 }
 
 // list returns the live connections, oldest first.
-func (r *registry) list() []ConnInfo {
+func (r *registry) list() []admin.Conn {
 	r.mu.Lock()
-	out := make([]ConnInfo, 0, len(r.conns))
+	out := make([]admin.Conn, 0, len(r.conns))
 	for _, info := range r.conns {
 		out = append(out, info)
 	}

@@ -5,11 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"slices"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/spacegate/spacegate/config"
 	"github.com/spacegate/spacegate/internal/filewatch"
 )
 
@@ -17,28 +17,6 @@ import (
 // rename, a Kubernetes ..data swap, a CLI rewriting a rules file and a CRL)
 // into one reload, while keeping change-to-effect well under 100 ms.
 const reloadDebounce = 30 * time.Millisecond
-
-// Files returns every file the config names: itself, the admin token, the
-// rules files, the TLS files of every route and the upstream TLS files,
-// without duplicates.
-// A reload watches exactly these.
-func (c *Config) Files() []string {
-	var out []string
-	add := func(paths ...string) {
-		for _, p := range paths {
-			if p != "" && !slices.Contains(out, p) {
-				out = append(out, p)
-			}
-		}
-	}
-	add(c.Path, c.Admin.TokenFile)
-	for i := range c.Routes {
-		r := &c.Routes[i]
-		t := r.EffectiveTLS(c.TLS)
-		add(r.IPRulesFile, t.CertFile, t.KeyFile, t.ClientCAFile, t.CRLFile, r.UpstreamCAFile, r.UpstreamCertFile, r.UpstreamKeyFile)
-	}
-	return out
-}
 
 // Reload re-reads the config file and every file it names, validates them,
 // and swaps the result in whole. If anything is wrong the configuration in
@@ -58,15 +36,15 @@ func (s *Server) Reload() error {
 		err = s.applyListeners(old, snap)
 	}
 	if err != nil {
-		s.metrics.reloads.WithLabelValues("error").Inc()
+		s.metrics.Reloads.WithLabelValues("error").Inc()
 		s.log.Error("reload failed; the previous configuration keeps serving",
 			zap.Uint64("generation", old.Generation), zap.Strings("problems", problemStrings(err)))
 		return err
 	}
 	s.snap.Store(snap)
-	s.metrics.observeSnapshot(snap)
-	s.metrics.reloads.WithLabelValues("ok").Inc()
-	s.metrics.lastReload.SetToCurrentTime()
+	observeSnapshot(s.metrics, snap)
+	s.metrics.Reloads.WithLabelValues("ok").Inc()
+	s.metrics.LastReload.SetToCurrentTime()
 	s.warnStaleCRLs(snap)
 	if s.watcher != nil {
 		if err := s.watcher.SetPaths(snap.Config.Files()); err != nil {
@@ -86,7 +64,7 @@ func (s *Server) loadSnapshot(old *Snapshot) (*Snapshot, error) {
 	if path == "" {
 		return nil, errors.New("the configuration was not read from a file; nothing to reload")
 	}
-	cfg, err := LoadConfig(path)
+	cfg, err := config.Load(path)
 	if err != nil {
 		return nil, err
 	}
@@ -174,7 +152,7 @@ func (s *Server) recheckAll(snap *Snapshot) int {
 
 func problemStrings(err error) []string {
 	var out []string
-	for _, p := range Problems(err) {
+	for _, p := range config.Problems(err) {
 		out = append(out, p.Error())
 	}
 	return out

@@ -108,12 +108,10 @@ func requireCut(t *testing.T, c *pgx.Conn, want string) {
 	defer cancel()
 	var err error
 	// The FATAL may arrive while idle; pgx reports it on the next query.
-	for range 50 {
-		if _, err = c.Exec(ctx, "select 1"); err != nil {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitFor(t, 5*time.Second, "the session to be cut", func() bool {
+		_, err = c.Exec(ctx, "select 1")
+		return err != nil
+	})
 	var pgErr *pgconn.PgError
 	if !errors.As(err, &pgErr) || pgErr.Code != "57P01" || !strings.Contains(pgErr.Message, want) {
 		t.Fatalf("want FATAL 57P01 %q, got %v", want, err)
@@ -465,6 +463,8 @@ func TestReloadUnderLoad(t *testing.T) {
 			// (some of which see the key and cert halfway and keep the
 			// old pair).
 			e.srv.Reload()
+			// Not a wait: the pace of the storm, so that its 200
+			// reloads spread over pgbench's run.
 			time.Sleep(20 * time.Millisecond)
 		}
 	}()

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -16,17 +15,19 @@ import (
 	"github.com/google/uuid"
 	"go.uber.org/zap"
 
+	"github.com/spacegate/spacegate/admin"
+	"github.com/spacegate/spacegate/config"
 	"github.com/spacegate/spacegate/internal/filewatch"
 )
 
 // Options configure a Server.
 type Options struct {
 	// Config is the loaded configuration; required.
-	Config *Config
+	Config *config.Config
 	// Logger receives the audit and operational log. If nil, nothing is logged.
 	Logger *zap.Logger
-	// Metrics receives the metrics. If nil, NewMetrics() is used.
-	Metrics *Metrics
+	// Metrics receives the metrics. If nil, admin.NewMetrics() is used.
+	Metrics *admin.Metrics
 	// Now returns the current time for certificate checks. If nil, time.Now.
 	Now func() time.Time
 	// Notify, if set, is told of the server's state changes: "ready" once
@@ -47,7 +48,7 @@ type Options struct {
 // Server runs once.
 type Server struct {
 	log      *zap.Logger
-	metrics  *Metrics
+	metrics  *admin.Metrics
 	now      func() time.Time
 	snap     atomic.Pointer[Snapshot]
 	conns    registry
@@ -68,7 +69,7 @@ type Server struct {
 	listeners map[string]net.Listener // by listen address as configured
 	acceptCtx context.Context         // while running: the context of accept loops
 	accepting sync.WaitGroup          // accept loops
-	admin     *http.Server
+	admin     *admin.Server
 	adminAddr net.Addr
 
 	ready    chan struct{} // closed once every listener is open
@@ -108,7 +109,7 @@ func NewServer(opts Options) (*Server, error) {
 		s.log = zap.NewNop()
 	}
 	if s.metrics == nil {
-		s.metrics = NewMetrics()
+		s.metrics = admin.NewMetrics()
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -118,7 +119,7 @@ func NewServer(opts Options) (*Server, error) {
 	s.refusals = newRefusalLog(s.log)
 	s.conns.init()
 	s.snap.Store(snap)
-	s.metrics.observeSnapshot(snap)
+	observeSnapshot(s.metrics, snap)
 	s.warnStaleCRLs(snap)
 	return s, nil
 }
@@ -305,7 +306,7 @@ func (s *Server) acceptLoop(ctx context.Context, addr string, ln net.Listener) {
 			continue
 		}
 		backoff = 0
-		s.metrics.accepted.Inc()
+		s.metrics.Accepted.Inc()
 		s.accepted(ctx, addr, nc)
 	}
 }
@@ -323,7 +324,7 @@ func (s *Server) accepted(ctx context.Context, addr string, nc net.Conn) {
 	}
 	lim := snap.Config.Limits
 	peer := addrPort(nc.RemoteAddr())
-	e := &pendingEntry{nc: nc, redis: l.Protocol == ProtocolRedis}
+	e := &pendingEntry{nc: nc, redis: l.Protocol == config.ProtocolRedis}
 	var screen func() bool
 	if !snap.trustedProxy(peer.Addr()) {
 		// Behind a trusted proxy the source is known only from its header
@@ -356,7 +357,7 @@ func (s *Server) refuseBeforeTLS(l *Listener, src netip.AddrPort, nc net.Conn, w
 	if !l.Shared() {
 		route = l.Routes[0].Name
 	}
-	s.metrics.refused.WithLabelValues(route, ReasonIPNotAllowedPreTLS.String()).Inc()
+	s.metrics.Refused.WithLabelValues(route, ReasonIPNotAllowedPreTLS.String()).Inc()
 	if s.refusals.note(src.Addr(), ReasonIPNotAllowedPreTLS, true) {
 		s.log.Warn("connection refused", zap.String("route", route), zap.String("source", src.String()),
 			zap.String("verdict", "refused"), zap.String("reason", ReasonIPNotAllowedPreTLS.String()),

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/spacegate/spacegate/admin"
 	"github.com/spacegate/spacegate/internal/testenv"
 )
 
@@ -51,7 +52,7 @@ func TestAdminEndpoints(t *testing.T) {
 	}
 	defer c.Close(context.Background())
 
-	var st Status
+	var st admin.Status
 	if err := json.Unmarshal([]byte(e.get(t, "/v1/status")), &st); err != nil {
 		t.Fatal(err)
 	}
@@ -64,6 +65,18 @@ func TestAdminEndpoints(t *testing.T) {
 	}
 	if len(st.Connections) != 1 || st.Connections[0].CertSerial != e.client.Serial || st.Connections[0].User != "postgres" {
 		t.Errorf("connections = %+v", st.Connections)
+	}
+	// The server certificate and the CA of each route, and the client
+	// admitted on db: what the expiry metrics export, nearest first.
+	kinds := map[string]int{}
+	for i, x := range st.CertExpiries {
+		kinds[x.Kind+" "+x.Route]++
+		if x.Subject == "" || x.NotAfter.IsZero() || i > 0 && x.NotAfter.Before(st.CertExpiries[i-1].NotAfter) {
+			t.Errorf("cert_expiries[%d] = %+v, after %+v", i, x, st.CertExpiries[max(i-1, 0)])
+		}
+	}
+	if len(kinds) != 5 || kinds["server db"] != 1 || kinds["ca cache"] != 1 || kinds["client db"] != 1 {
+		t.Errorf("cert_expiries = %+v, want server and ca of db and cache, client of db", st.CertExpiries)
 	}
 	m := e.get(t, "/metrics")
 	for _, want := range []string{
@@ -112,6 +125,8 @@ func TestDrain(t *testing.T) {
 	if got := mustQueryInt(t, c, "select 1"); got != 1 {
 		t.Fatal("live session broken by drain")
 	}
+	// That Run does not return can only be watched for a while: 200ms
+	// of a drain with nothing left to do but wait for the session.
 	select {
 	case <-e.done:
 		t.Fatal("Run returned while a session was live")
@@ -214,7 +229,7 @@ func TestConnectionLimits(t *testing.T) {
 func TestUpstreamHealth(t *testing.T) {
 	pg := testenv.StartPostgresT(t, testenv.PostgresOptions{})
 	e := newEnv(t, envOptions{noRedis: true, pgUpstream: pg.Addr})
-	up := func() *UpstreamHealth { return e.srv.Status().Routes[0].Upstream }
+	up := func() *admin.UpstreamHealth { return e.srv.Status().Routes[0].Upstream }
 	waitFor(t, 5*time.Second, "the first probe", func() bool { return up() != nil })
 	if h := up(); !h.Reachable || h.Error != "" {
 		t.Fatalf("upstream health = %+v", h)
@@ -234,4 +249,10 @@ func TestUpstreamHealth(t *testing.T) {
 	if !strings.Contains(e.get(t, "/metrics"), `spacegate_upstream_up{route="db"} 0`) {
 		t.Error("upstream_up not 0")
 	}
+	// A client refused for it is counted in status as in metrics.
+	if c, err := pgConnect(t, e.pgConnString(e.client)); err == nil {
+		c.Close(context.Background())
+		t.Fatal("connected through the gate to a stopped upstream")
+	}
+	waitFor(t, 5*time.Second, "upstream_unavailable_total 1 in status", func() bool { return e.srv.Status().Routes[0].UpstreamUnavailable == 1 })
 }

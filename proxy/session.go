@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/spacegate/spacegate/config"
 )
 
 // errHandedOff ends the connection's goroutine once an event loop runs its
@@ -147,7 +149,7 @@ func (c *conn) handOff() error {
 		l:        ls.pick(),
 		client:   side{f: c.fd, tls: c.tlsConn},
 		upstream: up,
-		pg:       c.lis.Protocol == ProtocolPostgres,
+		pg:       c.lis.Protocol == config.ProtocolPostgres,
 	}
 	c.mu.Lock()
 	if c.aborted {

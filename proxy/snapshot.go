@@ -14,7 +14,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spacegate/spacegate/admin"
 	"github.com/spacegate/spacegate/allowlist"
+	"github.com/spacegate/spacegate/config"
 	"github.com/spacegate/spacegate/internal/safefile"
 	"github.com/spacegate/spacegate/tlsconf"
 )
@@ -23,7 +25,7 @@ import (
 // files it names. It is immutable once built and safe for concurrent use;
 // a reload builds a new one beside it and swaps it in whole.
 type Snapshot struct {
-	Config     *Config
+	Config     *config.Config
 	Generation uint64
 	LoadedAt   time.Time
 	Routes     []*Route
@@ -91,7 +93,7 @@ func (s *Snapshot) Listener(addr string) *Listener { return s.byAddr[addr] }
 
 // Route is one route of a Snapshot with its loaded rules and TLS state.
 type Route struct {
-	RouteConfig
+	config.Route
 	Rules    *allowlist.Rules
 	Matcher  *allowlist.Matcher
 	Material *tlsconf.Material
@@ -112,10 +114,10 @@ func (s *Snapshot) Route(name string) *Route { return s.byName[name] }
 // Build loads every file cfg names (rules files, certificates, keys, CA
 // bundles, CRLs), validates them and returns a Snapshot. It reports every
 // problem at once, joined with errors.Join, each naming its file.
-func Build(cfg *Config, generation uint64) (*Snapshot, error) {
+func Build(cfg *config.Config, generation uint64) (*Snapshot, error) {
 	s := &Snapshot{Config: cfg, Generation: generation, LoadedAt: time.Now(), byName: map[string]*Route{}, byAddr: map[string]*Listener{}}
 	var errs []error
-	if tok, err := cfg.loadAdminToken(); err != nil {
+	if tok, err := loadAdminToken(cfg); err != nil {
 		errs = append(errs, err)
 	} else {
 		s.adminToken = tok
@@ -129,13 +131,13 @@ func Build(cfg *Config, generation uint64) (*Snapshot, error) {
 	materialErrs := map[tlsconf.Files]bool{}
 	for i := range cfg.Routes {
 		rc := cfg.Routes[i]
-		r := &Route{RouteConfig: rc, Clients: tlsconf.NewClientPatterns(rc.Name, rc.AllowedClients)}
-		if up, err := cfg.upstreamTLS(i); err != nil {
+		r := &Route{Route: rc, Clients: tlsconf.NewClientPatterns(rc.Name, rc.AllowedClients)}
+		if up, err := newUpstreamTLS(cfg, i); err != nil {
 			errs = append(errs, err)
 		} else {
 			r.UpstreamTLS = up
 		}
-		if rules, err := cfg.loadRules(i); err != nil {
+		if rules, err := loadRules(cfg, i); err != nil {
 			errs = append(errs, err)
 		} else if rules != nil {
 			r.Rules = rules
@@ -150,7 +152,7 @@ func Build(cfg *Config, generation uint64) (*Snapshot, error) {
 		files := tlsconf.Files{CertFile: t.CertFile, KeyFile: t.KeyFile, ClientCAFile: t.ClientCAFile, CRLFile: t.CRLFile}
 		mat, seen := materials[files]
 		if !seen && !materialErrs[files] {
-			if err := cfg.checkTLSFiles(i); err != nil {
+			if err := checkTLSFiles(cfg, i); err != nil {
 				materialErrs[files] = true
 				errs = append(errs, err)
 			} else if mat, err = tlsconf.Load(files); err != nil {
@@ -161,12 +163,12 @@ func Build(cfg *Config, generation uint64) (*Snapshot, error) {
 				materials[files] = mat
 			}
 		}
-		// LoadConfig has validated min_version; an invalid one was reported there.
+		// config.Load has validated min_version; an invalid one was reported there.
 		minVersion, _ := tlsconf.ParseMinVersion(cmp.Or(t.MinVersion, "1.2"))
 		if mat != nil {
 			r.Material = mat
 			var protos []string
-			if rc.Protocol == ProtocolPostgres {
+			if rc.Protocol == config.ProtocolPostgres {
 				// Mandatory for PostgreSQL 17 direct TLS and harmless for
 				// classic negotiation: libpq offers it in both cases.
 				protos = []string{alpnPostgres}
@@ -181,6 +183,19 @@ func Build(cfg *Config, generation uint64) (*Snapshot, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// Check validates the config file at path and every file it names, and
+// returns every problem found, joined. Unlike config.Load followed by
+// Build, it goes on to the named files even when the config itself has
+// problems, so that one run of `spacegate check` lists them all.
+func Check(path string) (*Snapshot, error) {
+	cfg, cfgErr := config.LoadPartial(path)
+	if cfg == nil {
+		return nil, cfgErr
+	}
+	snap, buildErr := Build(cfg, 0)
+	return snap, errors.Join(cfgErr, buildErr)
 }
 
 // addToListener files r under its listen address.
@@ -205,11 +220,11 @@ func (s *Snapshot) addToListener(r *Route) {
 	}
 }
 
-// upstreamTLS builds route i's client TLS config towards its upstream, or
+// newUpstreamTLS builds route i's client TLS config towards its upstream, or
 // nil when upstream_tls is disable.
-func (c *Config) upstreamTLS(i int) (*tls.Config, error) {
+func newUpstreamTLS(c *config.Config, i int) (*tls.Config, error) {
 	rc := &c.Routes[i]
-	if rc.UpstreamTLS == "" || rc.UpstreamTLS == UpstreamTLSDisable {
+	if rc.UpstreamTLS == "" || rc.UpstreamTLS == config.UpstreamTLSDisable {
 		return nil, nil
 	}
 	host, _, _ := net.SplitHostPort(rc.Upstream)
@@ -218,27 +233,27 @@ func (c *Config) upstreamTLS(i int) (*tls.Config, error) {
 		ServerName: cmp.Or(rc.UpstreamServerName, host),
 		// require encrypts without checking who answers, as libpq's
 		// sslmode=require does; verify-full checks chain and name.
-		InsecureSkipVerify: rc.UpstreamTLS == UpstreamTLSRequire,
+		InsecureSkipVerify: rc.UpstreamTLS == config.UpstreamTLSRequire,
 	}
-	if rc.Protocol == ProtocolPostgres {
+	if rc.Protocol == config.ProtocolPostgres {
 		cfg.NextProtos = []string{alpnPostgres}
 	}
 	var errs []error
 	if rc.UpstreamCAFile != "" {
 		pem, err := safefile.ReadFile(rc.UpstreamCAFile, safefile.UpstreamCA)
 		if err != nil {
-			errs = append(errs, c.problemAt([]any{"routes", i, "upstream_ca_file"}, "route %q: upstream_ca_file: %v", rc.Name, err))
+			errs = append(errs, c.Errorf(config.Key{"routes", i, "upstream_ca_file"}, "route %q: upstream_ca_file: %v", rc.Name, err))
 		} else {
 			cfg.RootCAs = x509.NewCertPool()
 			if !cfg.RootCAs.AppendCertsFromPEM(pem) {
-				errs = append(errs, c.problemAt([]any{"routes", i, "upstream_ca_file"}, "route %q: upstream_ca_file %s holds no PEM certificate", rc.Name, rc.UpstreamCAFile))
+				errs = append(errs, c.Errorf(config.Key{"routes", i, "upstream_ca_file"}, "route %q: upstream_ca_file %s holds no PEM certificate", rc.Name, rc.UpstreamCAFile))
 			}
 		}
 	}
 	if rc.UpstreamCertFile != "" {
 		cert, err := loadKeyPair(rc.UpstreamCertFile, rc.UpstreamKeyFile)
 		if err != nil {
-			errs = append(errs, c.problemAt([]any{"routes", i, "upstream_cert_file"}, "route %q: upstream client certificate: %v", rc.Name, err))
+			errs = append(errs, c.Errorf(config.Key{"routes", i, "upstream_cert_file"}, "route %q: upstream client certificate: %v", rc.Name, err))
 		} else {
 			cfg.Certificates = []tls.Certificate{cert}
 		}
@@ -272,7 +287,7 @@ func unmappedBits(p netip.Prefix) int {
 // loadRules loads route i's rules file. A file that does not exist is a
 // problem at the config key naming it; problems inside it name its own
 // lines. It returns nil, nil when the route names no file (already reported).
-func (c *Config) loadRules(i int) (*allowlist.Rules, error) {
+func loadRules(c *config.Config, i int) (*allowlist.Rules, error) {
 	rc := &c.Routes[i]
 	if rc.IPRulesFile == "" {
 		return nil, nil
@@ -284,11 +299,11 @@ func (c *Config) loadRules(i int) (*allowlist.Rules, error) {
 	data, err := safefile.ReadFile(rc.IPRulesFile, safefile.Rules)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return nil, c.problemAt([]any{"routes", i, "ip_rules_file"}, "route %q: ip_rules_file %s does not exist", rc.Name, rc.IPRulesFile)
+		return nil, c.Errorf(config.Key{"routes", i, "ip_rules_file"}, "route %q: ip_rules_file %s does not exist", rc.Name, rc.IPRulesFile)
 	case err != nil:
-		return nil, c.problemAt([]any{"routes", i, "ip_rules_file"}, "route %q: %v", rc.Name, err)
+		return nil, c.Errorf(config.Key{"routes", i, "ip_rules_file"}, "route %q: %v", rc.Name, err)
 	case len(bytes.TrimSpace(data)) == 0:
-		return nil, c.problemAt([]any{"routes", i, "ip_rules_file"},
+		return nil, c.Errorf(config.Key{"routes", i, "ip_rules_file"},
 			"route %q: ip_rules_file %s is empty (a write in progress?); to allow nobody, write \"rules: []\"", rc.Name, rc.IPRulesFile)
 	}
 	rules, err := allowlist.ParseFile(rc.IPRulesFile, data)
@@ -296,7 +311,7 @@ func (c *Config) loadRules(i int) (*allowlist.Rules, error) {
 	case err != nil:
 		return nil, err
 	case len(rules.Rules) > rc.MaxIPRules:
-		return nil, c.problemAt([]any{"routes", i, "max_ip_rules"}, "route %q: %s holds %d rules, more than max_ip_rules (%d)", rc.Name, rc.IPRulesFile, len(rules.Rules), rc.MaxIPRules)
+		return nil, c.Errorf(config.Key{"routes", i, "max_ip_rules"}, "route %q: %s holds %d rules, more than max_ip_rules (%d)", rc.Name, rc.IPRulesFile, len(rules.Rules), rc.MaxIPRules)
 	}
 	return rules, nil
 }
@@ -304,32 +319,44 @@ func (c *Config) loadRules(i int) (*allowlist.Rules, error) {
 // checkTLSFiles reports, at the config key that names it, each TLS file of
 // route i that is unset or does not exist, so that tlsconf.Load is only
 // asked about files that are there.
-func (c *Config) checkTLSFiles(i int) error {
+func checkTLSFiles(c *config.Config, i int) error {
 	rc := &c.Routes[i]
 	var errs []error
 	for _, k := range []struct {
 		key, top, own string
 	}{
-		{"cert_file", c.TLS.CertFile, tlsOwn(rc.TLS, func(t *TLSConfig) string { return t.CertFile })},
-		{"key_file", c.TLS.KeyFile, tlsOwn(rc.TLS, func(t *TLSConfig) string { return t.KeyFile })},
-		{"client_ca_file", c.TLS.ClientCAFile, tlsOwn(rc.TLS, func(t *TLSConfig) string { return t.ClientCAFile })},
-		{"crl_file", c.TLS.CRLFile, tlsOwn(rc.TLS, func(t *TLSConfig) string { return t.CRLFile })},
+		{"cert_file", c.TLS.CertFile, tlsOwn(rc.TLS, func(t *config.TLS) string { return t.CertFile })},
+		{"key_file", c.TLS.KeyFile, tlsOwn(rc.TLS, func(t *config.TLS) string { return t.KeyFile })},
+		{"client_ca_file", c.TLS.ClientCAFile, tlsOwn(rc.TLS, func(t *config.TLS) string { return t.ClientCAFile })},
+		{"crl_file", c.TLS.CRLFile, tlsOwn(rc.TLS, func(t *config.TLS) string { return t.CRLFile })},
 	} {
-		path, at := k.top, []any{"tls", k.key}
+		path, at := k.top, config.Key{"tls", k.key}
 		if k.own != "" {
-			path, at = k.own, []any{"routes", i, "tls", k.key}
+			path, at = k.own, config.Key{"routes", i, "tls", k.key}
 		}
 		if path == "" {
 			continue // a missing required key is reported by validate
 		}
 		if _, err := os.Stat(path); err != nil {
-			errs = append(errs, c.problemAt(at, "tls.%s %s: %v", k.key, path, errors.Unwrap(err)))
+			errs = append(errs, c.Errorf(at, "tls.%s %s: %v", k.key, path, errors.Unwrap(err)))
 		}
 	}
 	return errors.Join(errs...)
 }
 
-func tlsOwn(t *TLSConfig, get func(*TLSConfig) string) string {
+// loadAdminToken reads admin.token_file; nil when there is none.
+func loadAdminToken(c *config.Config) ([]byte, error) {
+	if c.Admin.TokenFile == "" {
+		return nil, nil
+	}
+	tok, err := admin.ReadTokenFile(c.Admin.TokenFile)
+	if err != nil {
+		return nil, c.Errorf(config.Key{"admin", "token_file"}, "admin.token_file: %v", err)
+	}
+	return tok, nil
+}
+
+func tlsOwn(t *config.TLS, get func(*config.TLS) string) string {
 	if t == nil {
 		return ""
 	}

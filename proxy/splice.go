@@ -6,6 +6,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"github.com/spacegate/spacegate/config"
 )
 
 // Copy buffers. Each direction reads into its own small buffer, so that an
@@ -110,7 +112,7 @@ func (c *conn) clientToUpstream(errc chan<- error) {
 		// still be reading replies.
 		c.clientDone.Store(true)
 		idle := redisHalfCloseIdle
-		if c.lis.Protocol == ProtocolPostgres {
+		if c.lis.Protocol == config.ProtocolPostgres {
 			idle = c.snap.Config.Limits.UpstreamConnectTimeout
 		}
 		_ = c.upstream.SetReadDeadline(time.Now().Add(idle))
@@ -119,7 +121,7 @@ func (c *conn) clientToUpstream(errc chan<- error) {
 }
 
 func (c *conn) upstreamToClient() error {
-	if c.lis.Protocol == ProtocolPostgres {
+	if c.lis.Protocol == config.ProtocolPostgres {
 		return c.copyPostgresToClient()
 	}
 	n, err := c.copyHalf(c.client, c.upstream)

@@ -133,7 +133,7 @@ func cancelPacket(n int) []byte {
 
 func (e *env) cancelsCounted(route, result string) float64 {
 	var pb dto.Metric
-	if err := e.srv.metrics.cancels.WithLabelValues(route, result).Write(&pb); err != nil {
+	if err := e.srv.metrics.Cancels.WithLabelValues(route, result).Write(&pb); err != nil {
 		e.t.Fatal(err)
 	}
 	return pb.GetCounter().GetValue()

@@ -8,10 +8,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 )
 
 func TestReadStartupPacket(t *testing.T) {
@@ -74,36 +70,6 @@ func TestReasonNames(t *testing.T) {
 		if r.String() == "" || r.String() == "unknown" {
 			t.Errorf("reason %d has no name", r)
 		}
-	}
-}
-
-func TestClientExpiryCollectorForgetsOldIdentities(t *testing.T) {
-	now := time.Date(2026, 11, 22, 0, 0, 0, 0, time.UTC)
-	c := &clientExpiryCollector{desc: prometheus.NewDesc("x", "x", []string{"route", "identity"}, nil),
-		seen: map[[2]string]clientSeen{}, ttl: time.Hour, now: func() time.Time { return now }}
-	c.observe("db", "old", now.Add(48*time.Hour))
-	c.observe("db", "old", now.Add(72*time.Hour)) // the nearest expiry is kept
-	now = now.Add(30 * time.Minute)
-	c.observe("db", "new", now.Add(400*24*time.Hour))
-	collect := func() map[string]float64 {
-		ch := make(chan prometheus.Metric, 10)
-		c.Collect(ch)
-		close(ch)
-		out := map[string]float64{}
-		for m := range ch {
-			var pb dto.Metric
-			m.Write(&pb)
-			// Labels sort by name: identity, then route.
-			out[pb.GetLabel()[0].GetValue()] = pb.GetGauge().GetValue()
-		}
-		return out
-	}
-	if got := collect(); len(got) != 2 || got["old"] != float64(now.Add(-30*time.Minute).Add(48*time.Hour).Unix()) {
-		t.Fatalf("collected %v", got)
-	}
-	now = now.Add(45 * time.Minute) // "old" last seen 75 min ago, beyond the TTL
-	if got := collect(); len(got) != 1 || got["new"] == 0 {
-		t.Fatalf("after the TTL: %v", got)
 	}
 }
 

@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"time"
+
+	"github.com/spacegate/spacegate/config"
 )
 
 func upstreamDownMsg(r *Route) string {
@@ -35,7 +37,7 @@ func (c *conn) dialUpstream(ctx context.Context) error {
 		up = tup
 		c.upFd = fup
 	}
-	c.srv.metrics.upstreamConnect.WithLabelValues(c.route.Name).Observe(time.Since(start).Seconds())
+	c.srv.metrics.UpstreamConnect.WithLabelValues(c.route.Name).Observe(time.Since(start).Seconds())
 	return c.setUpstream(up)
 }
 
@@ -46,7 +48,7 @@ func upstreamTLS(ctx context.Context, r *Route, up net.Conn) (net.Conn, error) {
 	failed := func(err error) error {
 		return &Refusal{Reason: ReasonUpstreamUnavailable, Msg: upstreamDownMsg(r), Hint: "TLS to the database failed; the gate's log tells the operator why", Err: err}
 	}
-	if r.Protocol == ProtocolPostgres {
+	if r.Protocol == config.ProtocolPostgres {
 		if _, err := up.Write(sslRequestPacket); err != nil {
 			return nil, failed(err)
 		}
@@ -58,7 +60,7 @@ func upstreamTLS(ctx context.Context, r *Route, up net.Conn) (net.Conn, error) {
 		case 'S':
 		case 'N':
 			return nil, &Refusal{Reason: ReasonUpstreamUnavailable,
-				Msg:  fmt.Sprintf("the database behind route %s does not accept TLS, and the route requires it (upstream_tls: %s)", r.Name, r.RouteConfig.UpstreamTLS),
+				Msg:  fmt.Sprintf("the database behind route %s does not accept TLS, and the route requires it (upstream_tls: %s)", r.Name, r.Route.UpstreamTLS),
 				Hint: "the operator must enable ssl on the database or change upstream_tls",
 				Err:  fmt.Errorf("upstream %s answered SSLRequest with N", r.Upstream)}
 		default:

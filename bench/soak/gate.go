@@ -135,7 +135,8 @@ func (g *gate) start(ctx context.Context) error {
 	g.cmd.Stdout, g.cmd.Stderr = logf, logf
 	g.cmd.Env = testenv.EnvWithoutPG()
 	// Its own process group, and killed if soak dies without cleaning up.
-	g.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	g.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	testenv.KillWithParent(g.cmd.SysProcAttr)
 	if err := g.cmd.Start(); err != nil {
 		return fmt.Errorf("starting spacegate: %w", err)
 	}

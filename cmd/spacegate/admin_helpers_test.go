@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spacegate/spacegate/config"
 	"github.com/spacegate/spacegate/internal/testenv"
 	"github.com/spacegate/spacegate/proxy"
 )
@@ -137,9 +138,9 @@ type gate struct {
 }
 
 // startGate loads the config and runs a gate until the test ends or stop.
-func startGate(t *testing.T, config string) *gate {
+func startGate(t *testing.T, path string) *gate {
 	t.Helper()
-	cfg, err := proxy.LoadConfig(config)
+	cfg, err := config.Load(path)
 	if err != nil {
 		t.Fatalf("loading config: %v", err)
 	}

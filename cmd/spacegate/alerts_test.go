@@ -2,7 +2,7 @@ package main
 
 import (
 	"bytes"
-	"github.com/spacegate/spacegate/proxy"
+	"github.com/spacegate/spacegate/admin"
 	"os"
 	"regexp"
 	"strings"
@@ -28,7 +28,7 @@ type alertRules struct {
 
 // TestAlertRules checks deploy/prometheus/alerts.yaml: well formed, every
 // alert with a severity, summary and description, and every spacegate
-// metric it uses one that the gate registers (in proxy/metrics.go).
+// metric it uses one that the gate registers (in admin/metrics.go).
 func TestAlertRules(t *testing.T) {
 	data, err := os.ReadFile("../../deploy/prometheus/alerts.yaml")
 	if err != nil {
@@ -41,7 +41,7 @@ func TestAlertRules(t *testing.T) {
 		t.Fatalf("alerts.yaml: %v", err)
 	}
 	exported := map[string]bool{}
-	for _, n := range proxy.NewMetrics().Names() {
+	for _, n := range admin.NewMetrics().Names() {
 		exported[n] = true
 	}
 	metricName := regexp.MustCompile(`\bspacegate_[a-z_]+`)

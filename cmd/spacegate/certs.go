@@ -13,7 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/spacegate/spacegate/proxy"
+	"github.com/spacegate/spacegate/config"
 	"github.com/spacegate/spacegate/tlsconf"
 )
 
@@ -350,7 +350,7 @@ func runCertsDownload(ctx context.Context, w, errW io.Writer, f downloadFlags, r
 	host := connectHost(t.CertFile, route.Listen)
 	_, port, _ := net.SplitHostPort(route.Listen)
 	fmt.Fprintln(w)
-	if route.Protocol == proxy.ProtocolRedis {
+	if route.Protocol == config.ProtocolRedis {
 		fmt.Fprintf(w, "redis-cli --tls --cert %s --key %s --cacert %s -h %s -p %s\n",
 			shellQuote(files.Cert), shellQuote(files.Key), shellQuote(files.Root), host, port)
 		return nil
@@ -368,7 +368,7 @@ func runCertsDownload(ctx context.Context, w, errW io.Writer, f downloadFlags, r
 
 // downloadBundle writes the files of client certificate id into dir, with
 // a root.crt for the server certificate of route.
-func downloadBundle(e *env, route *proxy.RouteConfig, id, dir, prefix string, pkcs8 bool, serverCA string) (clientFiles, error) {
+func downloadBundle(e *env, route *config.Route, id, dir, prefix string, pkcs8 bool, serverCA string) (clientFiles, error) {
 	b, err := e.store.ReadClient(id)
 	if err != nil {
 		return clientFiles{}, err

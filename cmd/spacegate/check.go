@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/spacegate/spacegate/config"
 	"github.com/spacegate/spacegate/proxy"
 )
 
@@ -50,7 +51,7 @@ func runCheck(w io.Writer, path string, asJSON bool) error {
 		}
 		res.Warnings = append(res.Warnings, snap.Warnings()...)
 	}
-	for _, p := range proxy.Problems(err) {
+	for _, p := range config.Problems(err) {
 		res.Problems = append(res.Problems, p.Error())
 	}
 	res.OK = len(res.Problems) == 0
@@ -81,7 +82,7 @@ func runCheck(w io.Writer, path string, asJSON bool) error {
 
 // problemsError flattens a joined error into one message, a problem a line.
 func problemsError(err error) error {
-	ps := proxy.Problems(err)
+	ps := config.Problems(err)
 	if len(ps) <= 1 {
 		return err
 	}

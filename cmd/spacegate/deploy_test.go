@@ -20,8 +20,8 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/spacegate/spacegate/allowlist"
+	"github.com/spacegate/spacegate/config"
 	"github.com/spacegate/spacegate/internal/testenv"
-	"github.com/spacegate/spacegate/proxy"
 )
 
 // The files of deploy/ that name the gate's metrics.
@@ -70,7 +70,10 @@ func TestDeployMetricsExist(t *testing.T) {
 		_, err := good.Exec(ctx, "select pg_sleep(10)")
 		sleeping <- err
 	}()
-	time.Sleep(300 * time.Millisecond)
+	// Cancelled before it runs, the query would not see the cancel.
+	testenv.WaitFor(t, 10*time.Second, "pg_sleep to run upstream", func() bool {
+		return runningQueries(t, gateConnString(dir, gate.pg), "select pg_sleep(10)") == 1
+	})
 	if err := good.PgConn().CancelRequest(ctx); err != nil {
 		t.Errorf("cancel request through the gate: %v", err)
 	}
@@ -280,7 +283,7 @@ func TestHelmChartConfig(t *testing.T) {
 					switch {
 					case name == "spacegate.yaml":
 						configs++
-						if _, err := proxy.ParseConfig([]byte(data), "/etc/spacegate/config/spacegate.yaml"); err != nil {
+						if _, err := config.Parse([]byte(data), "/etc/spacegate/config/spacegate.yaml"); err != nil {
 							t.Errorf("the gate refuses the chart's config: %v\n%s", err, data)
 						}
 					case strings.HasSuffix(name, ".yaml"):

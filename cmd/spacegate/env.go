@@ -9,14 +9,14 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/spacegate/spacegate/proxy"
+	"github.com/spacegate/spacegate/config"
 	"github.com/spacegate/spacegate/tlsconf"
 )
 
 // env is what the admin commands (ca, certs, ip-rules) read from the
 // config: the routes, the PKI directory and the admin endpoint.
 type env struct {
-	cfg    *proxy.Config
+	cfg    *config.Config
 	path   string // the config file
 	pkiDir string
 	store  *tlsconf.CertStore
@@ -26,7 +26,7 @@ type env struct {
 // defaults).
 func loadEnv(configFlag string) (*env, error) {
 	path := configPath(configFlag)
-	cfg, err := proxy.LoadConfig(path)
+	cfg, err := config.Load(path)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, withHint(err, "pass the config file with --config FILE or $SPACEGATE_CONFIG")
@@ -43,7 +43,7 @@ func loadEnv(configFlag string) (*env, error) {
 }
 
 // route returns the route named name, or a user error listing the routes.
-func (e *env) route(name string) (*proxy.RouteConfig, error) {
+func (e *env) route(name string) (*config.Route, error) {
 	var names []string
 	for i := range e.cfg.Routes {
 		r := &e.cfg.Routes[i]
@@ -60,11 +60,11 @@ func (e *env) trustDomain() string {
 	if td := e.cfg.PKI.TrustDomain; td != "" {
 		return td
 	}
-	return proxy.DefaultTrustDomain
+	return config.DefaultTrustDomain
 }
 
 // tls returns the effective TLS files of route r.
-func (e *env) tls(r *proxy.RouteConfig) proxy.TLSConfig { return r.EffectiveTLS(e.cfg.TLS) }
+func (e *env) tls(r *config.Route) config.TLS { return r.EffectiveTLS(e.cfg.TLS) }
 
 // adminURL returns the base URL of the gate's admin endpoint: flag if set,
 // else from admin.listen, with a wildcard host replaced by loopback; "" if

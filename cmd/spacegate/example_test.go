@@ -12,7 +12,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/spacegate/spacegate/allowlist"
-	"github.com/spacegate/spacegate/proxy"
+	"github.com/spacegate/spacegate/config"
 )
 
 // exampleConfig is the documented example config, relative to this package.
@@ -28,9 +28,9 @@ func readExample(t *testing.T) []byte {
 }
 
 func TestExampleConfigParses(t *testing.T) {
-	cfg, err := proxy.ParseConfig(readExample(t), exampleConfig)
+	cfg, err := config.Parse(readExample(t), exampleConfig)
 	if err != nil {
-		for _, p := range proxy.Problems(err) {
+		for _, p := range config.Problems(err) {
 			t.Error(p)
 		}
 		t.FailNow()
@@ -39,7 +39,7 @@ func TestExampleConfigParses(t *testing.T) {
 	for _, r := range cfg.Routes {
 		protocols = append(protocols, r.Protocol)
 	}
-	for _, want := range []string{proxy.ProtocolPostgres, proxy.ProtocolRedis} {
+	for _, want := range []string{config.ProtocolPostgres, config.ProtocolRedis} {
 		if !slices.Contains(protocols, want) {
 			t.Errorf("example config has no %s route; it has %q", want, protocols)
 		}
@@ -47,7 +47,7 @@ func TestExampleConfigParses(t *testing.T) {
 }
 
 // TestExampleConfigHasEveryKey keeps the example complete: a key added to
-// proxy.Config must be shown and explained in the example too.
+// config.Config must be shown and explained in the example too.
 func TestExampleConfigHasEveryKey(t *testing.T) {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(readExample(t), &doc); err != nil {
@@ -56,9 +56,9 @@ func TestExampleConfigHasEveryKey(t *testing.T) {
 	have := map[string]bool{}
 	yamlKeys(&doc, "", have)
 	want := map[string]bool{}
-	structKeys(reflect.TypeFor[proxy.Config](), "", map[reflect.Type]bool{}, want)
+	structKeys(reflect.TypeFor[config.Config](), "", map[reflect.Type]bool{}, want)
 	if len(want) < 20 {
-		t.Fatalf("found only %d keys in proxy.Config; is the yaml tag walk broken? %v", len(want), want)
+		t.Fatalf("found only %d keys in config.Config; is the yaml tag walk broken? %v", len(want), want)
 	}
 	for k := range want {
 		if !have[k] {
@@ -119,7 +119,7 @@ var documentation = []netip.Prefix{
 }
 
 func TestExampleRulesFiles(t *testing.T) {
-	cfg, err := proxy.ParseConfig(readExample(t), exampleConfig)
+	cfg, err := config.Parse(readExample(t), exampleConfig)
 	if err != nil {
 		t.Fatalf("example config: %v", err)
 	}

@@ -13,7 +13,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/spacegate/spacegate/proxy"
+	"github.com/spacegate/spacegate/admin"
+	"github.com/spacegate/spacegate/config"
 )
 
 // Rule states shown by ip-rules, as the managed platform names them.
@@ -47,7 +48,7 @@ func adminTokenFlag(cmd *cobra.Command, p *string) {
 // --admin-token-file, else of $SPACEGATE_ADMIN_TOKEN_FILE, else the
 // config's admin.token_file (cfg may be nil). A token file that cannot be
 // read is an error, before the command changes anything.
-func newGateAdmin(base, flag string, cfg *proxy.Config) (gateAdmin, error) {
+func newGateAdmin(base, flag string, cfg *config.Config) (gateAdmin, error) {
 	g := gateAdmin{base: base}
 	switch {
 	case flag != "":
@@ -60,7 +61,7 @@ func newGateAdmin(base, flag string, cfg *proxy.Config) (gateAdmin, error) {
 	if g.tokenFile == "" {
 		return g, nil
 	}
-	tok, err := proxy.ReadTokenFile(g.tokenFile)
+	tok, err := admin.ReadTokenFile(g.tokenFile)
 	if err != nil {
 		return g, withHint(fmt.Errorf("admin token: %w", err),
 			"the file must hold the token of the gate's admin.token_file; pass it with --admin-token-file FILE or $%s", adminTokenEnv)
@@ -73,7 +74,7 @@ func newGateAdmin(base, flag string, cfg *proxy.Config) (gateAdmin, error) {
 var errAdminToken = errors.New("the gate's admin endpoint wants its token")
 
 // get returns the body of path, bounded to 64 MiB (far beyond a gate's
-// /metrics). A 401 is errAdminToken, with a hint to pass the token.
+// /v1/status). A 401 is errAdminToken, with a hint to pass the token.
 func (g gateAdmin) get(ctx context.Context, path string) ([]byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, g.base+path, nil)
 	if err != nil {
@@ -121,13 +122,13 @@ type gateRules struct {
 }
 
 // fetchGateRules asks the admin endpoint for the rules in force.
-func fetchGateRules(ctx context.Context, admin gateAdmin) gateRules {
-	if admin.base == "" {
+func fetchGateRules(ctx context.Context, gate gateAdmin) gateRules {
+	if gate.base == "" {
 		return gateRules{unknown: ruleNoAdmin}
 	}
 	ctx, cancel := context.WithTimeout(ctx, statusTimeout)
 	defer cancel()
-	st, err := fetchStatus(ctx, admin)
+	st, err := fetchStatus(ctx, gate)
 	if errors.Is(err, errAdminToken) {
 		return gateRules{unknown: ruleNoToken}
 	}
@@ -141,14 +142,14 @@ func fetchGateRules(ctx context.Context, admin gateAdmin) gateRules {
 	return g
 }
 
-func fetchStatus(ctx context.Context, admin gateAdmin) (*proxy.Status, error) {
-	body, err := admin.get(ctx, "/v1/status")
+func fetchStatus(ctx context.Context, gate gateAdmin) (*admin.Status, error) {
+	body, err := gate.get(ctx, "/v1/status")
 	if err != nil {
 		return nil, err
 	}
-	var st proxy.Status
+	var st admin.Status
 	if err := json.Unmarshal(body, &st); err != nil {
-		return nil, fmt.Errorf("%s/v1/status: %w", admin.base, err)
+		return nil, fmt.Errorf("%s/v1/status: %w", gate.base, err)
 	}
 	return &st, nil
 }
@@ -179,10 +180,10 @@ func (g gateRules) deletedStatus(route, id string) string {
 
 // awaitRule polls the gate until want(status) holds or wait passes, and
 // returns the last status. It does not wait when the gate cannot be asked.
-func awaitRule(ctx context.Context, admin gateAdmin, wait time.Duration, status func(gateRules) string, want string) string {
+func awaitRule(ctx context.Context, gate gateAdmin, wait time.Duration, status func(gateRules) string, want string) string {
 	deadline := time.Now().Add(wait)
 	for {
-		g := fetchGateRules(ctx, admin)
+		g := fetchGateRules(ctx, gate)
 		st := status(g)
 		if st == want || g.unknown != "" || time.Now().After(deadline) {
 			return st

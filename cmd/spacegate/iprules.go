@@ -13,7 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/spacegate/spacegate/allowlist"
-	"github.com/spacegate/spacegate/proxy"
+	"github.com/spacegate/spacegate/config"
 )
 
 // ruleWait is how long create and delete wait for the running gate to
@@ -144,7 +144,7 @@ func (v ruleView) write(w io.Writer, asJSON bool) error {
 // ruleStore returns the rules store of a route.
 // openRules loads the config and returns the named route and the store of
 // its rules file.
-func openRules(configFlag, routeName string) (*env, *proxy.RouteConfig, *allowlist.Store, error) {
+func openRules(configFlag, routeName string) (*env, *config.Route, *allowlist.Store, error) {
 	e, err := loadEnv(configFlag)
 	if err != nil {
 		return nil, nil, nil, err

@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
+	"github.com/spacegate/spacegate/config"
 	"github.com/spacegate/spacegate/proxy"
 )
 
@@ -30,7 +31,7 @@ func newServeCmd() *cobra.Command {
 
 // runServe loads the config at path and serves it until ctx ends.
 func runServe(ctx context.Context, path string) error {
-	cfg, err := proxy.LoadConfig(path)
+	cfg, err := config.Load(path)
 	if err != nil {
 		return problemsError(err)
 	}

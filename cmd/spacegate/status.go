@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -13,17 +12,16 @@ import (
 	"strings"
 	"time"
 
-	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 	"github.com/spf13/cobra"
 
-	"github.com/spacegate/spacegate/proxy"
+	"github.com/spacegate/spacegate/admin"
+	"github.com/spacegate/spacegate/config"
 )
 
-// statusQueryTimeout bounds each request of `spacegate status` to the
+// statusQueryTimeout bounds the request of `spacegate status` to the
 // admin endpoint. It is longer than ip-rules' second: status is run by a
-// person, often over a tunnel, and the /metrics document can be large.
+// person, often over a tunnel, and a busy gate's list of live connections
+// can be large.
 const statusQueryTimeout = 5 * time.Second
 
 // expiringWithin is when a certificate counts as expiring, the same 75 days
@@ -35,50 +33,12 @@ const expiringWithin = 75 * 24 * time.Hour
 const statusExpiries = 10
 
 // statusReport is what `spacegate status --json` prints: the gate's
-// /v1/status, with what its /metrics add (certificate expiries, upstream
-// failures) folded in.
+// /v1/status, with the admin endpoint it came from.
 type statusReport struct {
-	Admin       string           `json:"admin"`
-	Generation  uint64           `json:"generation"`
-	LoadedAt    time.Time        `json:"loaded_at"`
-	Ready       bool             `json:"ready"`
-	Routes      []routeReport    `json:"routes"`
-	Connections []proxy.ConnInfo `json:"connections"`
-	// CertExpiries are the server, CA and client certificates the gate
-	// knows of, nearest first.
-	CertExpiries []certExpiry `json:"cert_expiries"`
-	// MetricsError says why /metrics could not be read; the expiries of CAs
-	// and client certificates and the upstream failures are then missing.
-	MetricsError string `json:"metrics_error,omitempty"`
-}
+	Admin string `json:"admin"`
+	admin.Status
 
-// routeReport is one route of a statusReport.
-type routeReport struct {
-	proxy.RouteStatus
-	// Upstream is the upstream's health as the gate reports it in
-	// /v1/status; nil when the gate does not report it.
-	Upstream *upstreamHealth `json:"upstream,omitempty"`
-	// UpstreamUnavailable counts the connections refused since the gate
-	// started because the upstream could not be reached
-	// (spacegate_connections_refused_total{reason="upstream_unavailable"}).
-	UpstreamUnavailable int64 `json:"upstream_unavailable_total"`
-}
-
-// upstreamHealth is the per-route "upstream" object of /v1/status that a
-// gate which probes its upstreams reports. The status command does not dial
-// upstreams itself: it may run far from them.
-type upstreamHealth struct {
-	Reachable bool      `json:"reachable"`
-	CheckedAt time.Time `json:"checked_at"`
-	Error     string    `json:"error,omitempty"`
-}
-
-// certExpiry is one certificate the gate serves, trusts or has seen.
-type certExpiry struct {
-	Kind     string    `json:"kind"` // server, ca, client
-	Route    string    `json:"route"`
-	Subject  string    `json:"subject"` // for clients: URI SAN, else CN
-	NotAfter time.Time `json:"not_after"`
+	olderGate bool // its /v1/status has no cert_expiries: they were pieced together
 }
 
 type statusFlags struct {
@@ -113,11 +73,11 @@ func runStatus(ctx context.Context, w io.Writer, f statusFlags) error {
 	if err != nil {
 		return err
 	}
-	admin, err := newGateAdmin(base, f.tokenFile, cfg)
+	gate, err := newGateAdmin(base, f.tokenFile, cfg)
 	if err != nil {
 		return err
 	}
-	rep, err := queryStatus(ctx, admin)
+	rep, err := queryStatus(ctx, gate)
 	if err != nil {
 		return err
 	}
@@ -129,7 +89,7 @@ func runStatus(ctx context.Context, w io.Writer, f statusFlags) error {
 
 // statusAdminURL returns the base URL of the admin endpoint: --admin, else
 // admin.listen of the config, which it returns too (nil with --admin).
-func statusAdminURL(f statusFlags) (string, *proxy.Config, error) {
+func statusAdminURL(f statusFlags) (string, *config.Config, error) {
 	if f.admin != "" {
 		u := strings.TrimSuffix(f.admin, "/")
 		if !strings.Contains(u, "://") {
@@ -138,7 +98,7 @@ func statusAdminURL(f statusFlags) (string, *proxy.Config, error) {
 		return u, nil, nil
 	}
 	path := configPath(f.config)
-	cfg, err := proxy.LoadConfig(path)
+	cfg, err := config.Load(path)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return "", nil, withHint(err, "pass the gate's admin endpoint with --admin URL, or its config with --config FILE")
@@ -153,11 +113,9 @@ func statusAdminURL(f statusFlags) (string, *proxy.Config, error) {
 	return base, cfg, nil
 }
 
-// queryStatus reads /v1/status and /metrics of the gate. Only /v1/status
-// is required; without /metrics the report says why.
-func queryStatus(ctx context.Context, admin gateAdmin) (*statusReport, error) {
-	base := admin.base
-	body, err := adminGet(ctx, admin, "/v1/status")
+// queryStatus reads /v1/status of the gate.
+func queryStatus(ctx context.Context, gate gateAdmin) (*statusReport, error) {
+	body, err := adminGet(ctx, gate, "/v1/status")
 	if errors.Is(err, errAdminToken) {
 		return nil, err
 	}
@@ -165,63 +123,33 @@ func queryStatus(ctx context.Context, admin gateAdmin) (*statusReport, error) {
 		return nil, withHint(fmt.Errorf("gate not reachable: %w", err),
 			"is `spacegate serve` running? pass its admin endpoint with --admin URL (admin.listen)")
 	}
-	var st proxy.Status
-	if err := json.Unmarshal(body, &st); err != nil {
-		return nil, fmt.Errorf("%s/v1/status: decoding the gate's answer: %w", base, err)
+	rep := &statusReport{Admin: gate.base}
+	if err := json.Unmarshal(body, &rep.Status); err != nil {
+		return nil, fmt.Errorf("%s/v1/status: decoding the gate's answer: %w", gate.base, err)
 	}
-	// The fields a newer gate may add, read apart so that proxy.Status
-	// need not know them.
-	var extra struct {
-		Routes []struct {
-			Upstream *upstreamHealth `json:"upstream"`
-		} `json:"routes"`
-	}
-	_ = json.Unmarshal(body, &extra)
-
-	rep := &statusReport{
-		Admin:        base,
-		Generation:   st.Generation,
-		LoadedAt:     st.LoadedAt,
-		Ready:        st.Ready,
-		Connections:  st.Connections,
-		Routes:       []routeReport{},
-		CertExpiries: []certExpiry{},
+	if rep.Routes == nil {
+		rep.Routes = []admin.RouteStatus{}
 	}
 	if rep.Connections == nil {
-		rep.Connections = []proxy.ConnInfo{}
+		rep.Connections = []admin.Conn{}
 	}
-	for i, r := range st.Routes {
-		rr := routeReport{RouteStatus: r}
-		if i < len(extra.Routes) {
-			rr.Upstream = extra.Routes[i].Upstream
-		}
-		rep.Routes = append(rep.Routes, rr)
-	}
-	body, err = adminGet(ctx, admin, "/metrics")
-	if err == nil {
-		err = rep.addMetrics(body)
-	}
-	if err != nil {
-		// /metrics has the subjects and every client seen; without it,
-		// what /v1/status knows: server certificates and live clients.
-		rep.MetricsError = err.Error()
-		for _, r := range st.Routes {
+	if rep.CertExpiries == nil {
+		// A gate older than cert_expiries: what the rest of its status
+		// knows, the server certificates and the live clients.
+		rep.CertExpiries = []admin.CertExpiry{}
+		for _, r := range rep.Routes {
 			if !r.ServerCertNotAfter.IsZero() {
-				rep.addExpiry(certExpiry{Kind: "server", Route: r.Name, NotAfter: r.ServerCertNotAfter})
+				rep.addExpiry(admin.CertExpiry{Kind: admin.CertServer, Route: r.Name, NotAfter: r.ServerCertNotAfter})
 			}
 		}
-		for _, c := range st.Connections {
+		for _, c := range rep.Connections {
 			if !c.CertNotAfter.IsZero() {
-				rep.addExpiry(certExpiry{Kind: "client", Route: c.Route, Subject: c.CertSubject, NotAfter: c.CertNotAfter})
+				rep.addExpiry(admin.CertExpiry{Kind: admin.CertClient, Route: c.Route, Subject: c.CertSubject, NotAfter: c.CertNotAfter})
 			}
 		}
+		rep.olderGate = true
 	}
-	slices.SortStableFunc(rep.CertExpiries, func(a, b certExpiry) int {
-		if c := a.NotAfter.Compare(b.NotAfter); c != 0 {
-			return c
-		}
-		return strings.Compare(a.Kind+a.Route+a.Subject, b.Kind+b.Route+b.Subject)
-	})
+	admin.SortCertExpiries(rep.CertExpiries)
 	return rep, nil
 }
 
@@ -233,54 +161,13 @@ func adminGet(ctx context.Context, admin gateAdmin, path string) ([]byte, error)
 	return admin.get(ctx, path)
 }
 
-// addMetrics folds the certificate expiries and upstream failures of a
-// /metrics document into the report.
-func (rep *statusReport) addMetrics(body []byte) error {
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(bytes.NewReader(body))
-	if err != nil {
-		return fmt.Errorf("%s/metrics: %w", rep.Admin, err)
-	}
-	for _, m := range fams["spacegate_cert_expiry_timestamp_seconds"].GetMetric() {
-		l := labelMap(m.GetLabel())
-		rep.addExpiry(certExpiry{Kind: l["kind"], Route: l["route"], Subject: l["subject"], NotAfter: unixTime(m.GetGauge().GetValue())})
-	}
-	for _, m := range fams["spacegate_client_cert_expiry_timestamp_seconds"].GetMetric() {
-		l := labelMap(m.GetLabel())
-		rep.addExpiry(certExpiry{Kind: "client", Route: l["route"], Subject: l["identity"], NotAfter: unixTime(m.GetGauge().GetValue())})
-	}
-	for _, m := range fams["spacegate_connections_refused_total"].GetMetric() {
-		l := labelMap(m.GetLabel())
-		if l["reason"] != "upstream_unavailable" {
-			continue
-		}
-		for i := range rep.Routes {
-			if rep.Routes[i].Name == l["route"] {
-				rep.Routes[i].UpstreamUnavailable += int64(m.GetCounter().GetValue())
-			}
-		}
-	}
-	return nil
-}
-
 // addExpiry adds e unless the report has it already.
-func (rep *statusReport) addExpiry(e certExpiry) {
+func (rep *statusReport) addExpiry(e admin.CertExpiry) {
 	if slices.Contains(rep.CertExpiries, e) {
 		return
 	}
 	rep.CertExpiries = append(rep.CertExpiries, e)
 }
-
-func labelMap(pairs []*dto.LabelPair) map[string]string {
-	m := make(map[string]string, len(pairs))
-	for _, p := range pairs {
-		m[p.GetName()] = p.GetValue()
-	}
-	return m
-}
-
-// unixTime converts a Prometheus timestamp gauge to a time.
-func unixTime(sec float64) time.Time { return time.Unix(int64(sec), 0).UTC() }
 
 // writeStatus prints rep as tables for people.
 func writeStatus(w io.Writer, rep *statusReport, now time.Time) error {
@@ -344,15 +231,15 @@ func writeStatus(w io.Writer, rep *statusReport, now time.Time) error {
 	if n := len(rep.CertExpiries) - statusExpiries; n > 0 {
 		fmt.Fprintf(w, "(and %d more; --json lists them all)\n", n)
 	}
-	if rep.MetricsError != "" {
-		fmt.Fprintf(w, "note: %s: CA and client certificate expiries and upstream failures are missing\n", rep.MetricsError)
+	if rep.olderGate {
+		fmt.Fprintf(w, "note: %s/v1/status lists no cert_expiries (a gate older than this spacegate): CA certificates and clients not connected now are missing\n", rep.Admin)
 	}
 	return nil
 }
 
 // upstreamCell says what is known of a route's upstream: the gate's own
 // probe if it reports one, else how many clients it failed to reach it for.
-func upstreamCell(r routeReport, now time.Time) string {
+func upstreamCell(r admin.RouteStatus, now time.Time) string {
 	if u := r.Upstream; u != nil {
 		ago := untilText(now.Sub(u.CheckedAt))
 		if u.Reachable {

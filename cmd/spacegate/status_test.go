@@ -65,7 +65,7 @@ func TestStatusLiveGate(t *testing.T) {
 			qsPostgresRoute, qsRedisRoute, gate.pg, gate.redis,
 			"Live connections (1):", "postgres",
 			"Nearest certificate expiries:", "server", "ca", "client",
-			"spiffe://", // the client identity, from /metrics
+			"spiffe://", // the client identity, from /v1/status
 		}
 		for _, r := range rules.Rules {
 			want = append(want, r.ID)
@@ -88,8 +88,8 @@ func TestStatusLiveGate(t *testing.T) {
 		if err := dec.Decode(&rep); err != nil {
 			t.Fatalf("status --json printed what does not decode: %v\n%s", err, out)
 		}
-		if !rep.Ready || rep.Generation != 1 || rep.MetricsError != "" {
-			t.Errorf("ready=%v generation=%d metrics_error=%q, want true, 1, none", rep.Ready, rep.Generation, rep.MetricsError)
+		if !rep.Ready || rep.Generation != 1 {
+			t.Errorf("ready=%v generation=%d, want true, 1", rep.Ready, rep.Generation)
 		}
 		if len(rep.Routes) != 2 || rep.Routes[0].Name != qsPostgresRoute || rep.Routes[0].Active != 1 || rep.Routes[0].Rules != len(rules.Rules) {
 			t.Errorf("routes = %+v, want %s first with 1 live connection and %d rules", rep.Routes, qsPostgresRoute, len(rules.Rules))
@@ -174,10 +174,70 @@ routes:
 	}
 }
 
-// TestStatusMetricsMissing serves a /v1/status without /metrics, and one
-// with the upstream health a newer gate reports: the table shows what
-// there is and says what is missing.
-func TestStatusMetricsMissing(t *testing.T) {
+// serveStatus serves doc as /v1/status and fails the test on any other
+// path: the status command reads the gate's JSON only.
+func serveStatus(t *testing.T, doc any) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/v1/status" {
+			t.Errorf("status asked for %s; it reads /v1/status only", r.URL.Path)
+			http.NotFound(w, r)
+			return
+		}
+		_ = json.NewEncoder(w).Encode(doc)
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// TestStatusFromJSON: the table shows what /v1/status says: upstream
+// health or failed dials, certificate expiries of every kind, nearest
+// first.
+func TestStatusFromJSON(t *testing.T) {
+	now := time.Now().UTC().Truncate(time.Second)
+	doc := map[string]any{
+		"generation": 3, "loaded_at": now, "ready": true,
+		"routes": []map[string]any{
+			{"name": "sushi-db", "protocol": "postgres", "listen": "0.0.0.0:5432", "enabled": true, "rules": 1,
+				"max_ip_rules": 60, "rule_ids": []string{"r1"}, "active": 0, "server_cert_not_after": now.Add(400 * 24 * time.Hour),
+				"upstream_unavailable_total": 3},
+		},
+		"connections": []map[string]any{},
+		"cert_expiries": []map[string]any{
+			{"kind": "ca", "route": "sushi-db", "subject": "CN=space CA", "not_after": now.Add(900 * 24 * time.Hour)},
+			{"kind": "client", "route": "sushi-db", "subject": "spiffe://spacegate/route/sushi-db/client/etl", "not_after": now.Add(5 * 24 * time.Hour)},
+			{"kind": "server", "route": "sushi-db", "subject": "CN=gate", "not_after": now.Add(400 * 24 * time.Hour)},
+		},
+	}
+	srv := serveStatus(t, doc)
+	rep, err := queryStatus(context.Background(), gateAdmin{base: srv.URL, client: srv.Client()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := writeStatus(&out, rep, now); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"generation 3", "ready yes", "3 failed dial(s) since start", "sushi-db  r1", "Live connections: none",
+		"5d", "expiring", "spiffe://spacegate/route/sushi-db/client/etl", "CN=gate", "CN=space CA", "900d",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("status table lacks %q:\n%s", want, out.String())
+		}
+	}
+	if strings.Contains(out.String(), "note:") {
+		t.Errorf("status table has a note, want none:\n%s", out.String())
+	}
+	if len(rep.CertExpiries) != 3 || rep.CertExpiries[0].Kind != "client" || rep.CertExpiries[2].Kind != "ca" {
+		t.Errorf("cert_expiries = %+v, want client, server, ca", rep.CertExpiries)
+	}
+}
+
+// TestStatusOlderGate serves the /v1/status of a gate older than
+// cert_expiries, with the upstream health it reports: the table shows the
+// expiries the rest of the document gives and says what is missing.
+func TestStatusOlderGate(t *testing.T) {
 	now := time.Now().UTC().Truncate(time.Second)
 	doc := map[string]any{
 		"generation": 7, "loaded_at": now, "ready": false,
@@ -193,15 +253,7 @@ func TestStatusMetricsMissing(t *testing.T) {
 				"cert_subject": "CN=alice", "cert_serial": "1f2e", "cert_not_after": now.Add(-time.Hour), "user": "app", "database": "sushi"},
 		},
 	}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/v1/status" {
-			http.NotFound(w, r)
-			return
-		}
-		_ = json.NewEncoder(w).Encode(doc)
-	}))
-	defer srv.Close()
-
+	srv := serveStatus(t, doc)
 	rep, err := queryStatus(context.Background(), gateAdmin{base: srv.URL, client: srv.Client()})
 	if err != nil {
 		t.Fatal(err)
@@ -216,7 +268,7 @@ func TestStatusMetricsMissing(t *testing.T) {
 		"sushi-db  (none: nobody is allowed)", "ramen-db  r1",
 		"203.0.113.7:50000", "CN=alice",
 		"-60m", "EXPIRED", "10d", "expiring", "400d",
-		"note: " + srv.URL + "/metrics: 404 Not Found",
+		"note: " + srv.URL + "/v1/status lists no cert_expiries",
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("status table lacks %q:\n%s", want, out.String())

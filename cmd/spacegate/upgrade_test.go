@@ -72,10 +72,15 @@ func TestZeroDowntimeUpgrade(t *testing.T) {
 
 	bench := startPgbench(t, dir, gate.pg, "-C", "-c", "4", "-j", "2", "-T", "6", "-S", "-n")
 
-	time.Sleep(1500 * time.Millisecond)
+	testenv.WaitFor(t, 10*time.Second, "pgbench under way through the old gate", func() bool {
+		return scrapeCounter(t, gate.admin, "spacegate_connections_established_total") >= 2+20
+	})
 	b := startServe(t, bin, configB)
 	b.waitReady(t, adminB)
-	time.Sleep(500 * time.Millisecond) // both accept: the kernel spreads connections over them
+	// Both accept: the kernel spreads connections over them.
+	testenv.WaitFor(t, 10*time.Second, "pgbench connections on the new gate", func() bool {
+		return scrapeCounter(t, adminB, "spacegate_connections_established_total") >= 1
+	})
 	establishedA := scrapeCounter(t, gate.admin, "spacegate_connections_established_total")
 
 	type result struct {
@@ -91,7 +96,9 @@ func TestZeroDowntimeUpgrade(t *testing.T) {
 	}
 	go query(finishing, "select pg_sleep(1.5)", finished)
 	go query(lingering, "select pg_sleep(30)", lingered)
-	time.Sleep(100 * time.Millisecond) // the queries reach the server
+	testenv.WaitFor(t, 10*time.Second, "both queries to run upstream", func() bool {
+		return runningQueries(t, pg.ConnString(), "select pg_sleep(%") == 2
+	})
 	sigterm := time.Now()
 	if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -145,6 +152,25 @@ func TestZeroDowntimeUpgrade(t *testing.T) {
 	if code, log := b.stop(t, syscall.SIGTERM, 15*time.Second); code != 0 {
 		t.Errorf("the new gate exited with %d, want 0; log:\n%s", code, log)
 	}
+}
+
+// runningQueries counts the sessions of the PostgreSQL server at
+// connString, reached directly or through a gate, that are running a
+// query like pattern (a LIKE pattern).
+func runningQueries(t *testing.T, connString, pattern string) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := pgx.Connect(ctx, connString)
+	if err != nil {
+		t.Fatalf("connecting to look at pg_stat_activity: %v", err)
+	}
+	defer c.Close(context.Background())
+	var n int
+	if err := c.QueryRow(ctx, "select count(*) from pg_stat_activity where state = 'active' and query like $1 and pid <> pg_backend_pid()", pattern).Scan(&n); err != nil {
+		t.Fatalf("reading pg_stat_activity: %v", err)
+	}
+	return n
 }
 
 // setLimits replaces the quickstart config's drain_timeout line with limits.

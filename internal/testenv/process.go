@@ -59,10 +59,7 @@ func startServerProcess(cmd *exec.Cmd, logPath string) (*serverProcess, error) {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
 	}
 	cmd.SysProcAttr.Setpgid = true
-	// A test binary killed by -timeout runs no cleanup; without this its
-	// servers would outlive it. The signal follows the thread that forked,
-	// which the Go runtime keeps alive unless a goroutine locked to it exits.
-	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	KillWithParent(cmd.SysProcAttr)
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting %s: %w", cmd.Path, err)
 	}

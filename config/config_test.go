@@ -1,8 +1,6 @@
-package proxy
+package config
 
 import (
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -19,8 +17,8 @@ routes:
     ip_rules_file: rules/db.yaml
 `
 
-func TestParseConfigDefaultsAndPaths(t *testing.T) {
-	cfg, err := ParseConfig([]byte(minimalConfig), "/etc/spacegate/spacegate.yaml")
+func TestParseDefaultsAndPaths(t *testing.T) {
+	cfg, err := Parse([]byte(minimalConfig), "/etc/spacegate/spacegate.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,13 +36,13 @@ func TestParseConfigDefaultsAndPaths(t *testing.T) {
 	}
 }
 
-func TestParseConfigProblems(t *testing.T) {
+func TestParseProblems(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		yaml string
 		want []string // each must appear among the problems
 	}{
-		{"unknown key", minimalConfig + "    colour: blue\n", []string{"c.yaml:11: field colour not found"}},
+		{"unknown key", minimalConfig + "    colour: blue\n", []string{"c.yaml:11: field colour not found in Route"}},
 		{"bad duration", "limits:\n  handshake_timeout: 10x\n" + minimalConfig, []string{"c.yaml:2:", "10x"}},
 		{"negative duration", "limits:\n  drain_timeout: -1s\n" + minimalConfig, []string{"c.yaml:2: limits.drain_timeout must be positive"}},
 		{"duplicate route name and listen", minimalConfig + `  - name: db
@@ -94,7 +92,7 @@ routes:
 		{"proxy cidr", "proxy_protocol:\n  trusted_cidrs: [10.0.0.0/33]\n" + minimalConfig, []string{`c.yaml:2: proxy_protocol.trusted_cidrs: "10.0.0.0/33" is not a CIDR block`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := ParseConfig([]byte(tc.yaml), "c.yaml")
+			_, err := Parse([]byte(tc.yaml), "c.yaml")
 			if err == nil {
 				t.Fatal("no error")
 			}
@@ -112,57 +110,99 @@ routes:
 	}
 }
 
-// TestBuildReportsEveryFileProblem: Build loads every named file and lists
-// all problems, each naming its file, rather than stopping at the first.
-func TestBuildReportsEveryFileProblem(t *testing.T) {
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "rules.yaml"), []byte("rules:\n  - id: 00000000-0000-4000-8000-000000000001\n    cidr: 10.0.0.5/8\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, "c.yaml")
-	cfg := strings.Replace(minimalConfig, "rules/db.yaml", "rules.yaml", 1) + `  - name: cache
-    protocol: redis
-    listen: 127.0.0.1:6380
-    upstream: 127.0.0.1:6379
-    ip_rules_file: missing.yaml
-`
-	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	c, err := LoadConfig(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = Build(c, 1)
-	joined := ""
-	for _, p := range Problems(err) {
-		joined += p.Error() + "\n"
-	}
-	for _, w := range []string{
-		"rules.yaml:3:", "did you mean 10.0.0.0/8",
-		"missing.yaml",
-		"server.crt",
-	} {
-		if !strings.Contains(joined, w) {
-			t.Errorf("problems lack %q; got:\n%s", w, joined)
-		}
-	}
-}
-
 func TestEffectiveTLS(t *testing.T) {
-	def := TLSConfig{CertFile: "a", KeyFile: "b", ClientCAFile: "c", MinVersion: "1.2"}
-	r := RouteConfig{TLS: &TLSConfig{ClientCAFile: "other-ca", MinVersion: "1.3"}}
+	def := TLS{CertFile: "a", KeyFile: "b", ClientCAFile: "c", MinVersion: "1.2"}
+	r := Route{TLS: &TLS{ClientCAFile: "other-ca", MinVersion: "1.3"}}
 	got := r.EffectiveTLS(def)
-	want := TLSConfig{CertFile: "a", KeyFile: "b", ClientCAFile: "other-ca", MinVersion: "1.3"}
+	want := TLS{CertFile: "a", KeyFile: "b", ClientCAFile: "other-ca", MinVersion: "1.3"}
 	if got != want {
 		t.Fatalf("EffectiveTLS = %+v, want %+v", got, want)
 	}
 
 }
 
-func writeFile(t *testing.T, path, data string) {
-	t.Helper()
-	if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
+// TestLimitDefaults: by default no source, certificate or route can take
+// every slot of the gate, and a negative bound is a config error.
+func TestLimitDefaults(t *testing.T) {
+	twoRoutes := minimalConfig + `  - name: cache
+    protocol: redis
+    listen: 127.0.0.1:6380
+    upstream: 127.0.0.1:6379
+    ip_rules_file: rules/db.yaml
+`
+	for _, tc := range []struct {
+		name                      string
+		yaml                      string
+		perSource, perCert, route int
+		pending, pendingPerSource int
+	}{
+		{"defaults", minimalConfig, 2500, 2500, 0, 1000, 100},
+		{"several routes share", twoRoutes, 2500, 2500, 7500, 1000, 100},
+		{"a small gate", "limits:\n  max_connections: 100\n" + twoRoutes, 64, 64, 75, 1000, 100},
+		{"a tiny gate", "limits:\n  max_connections: 10\n" + minimalConfig, 10, 10, 0, 1000, 100},
+		{"set", "limits:\n  max_connections_per_source: 7\n  max_connections_per_certificate: 3\n  max_pending: 20\n  max_pending_per_source: 5\n" + minimalConfig, 7, 3, 0, 20, 5},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := Parse([]byte(tc.yaml), "/etc/spacegate/spacegate.yaml")
+			if err != nil {
+				t.Fatal(err)
+			}
+			l := cfg.Limits
+			if l.MaxConnectionsPerSource != tc.perSource || l.MaxConnectionsPerCertificate != tc.perCert ||
+				l.MaxPending != tc.pending || l.MaxPendingPerSource != tc.pendingPerSource {
+				t.Errorf("limits = %+v", l)
+			}
+			for _, r := range cfg.Routes {
+				if r.MaxConnections != tc.route {
+					t.Errorf("route %s: max_connections %d, want %d", r.Name, r.MaxConnections, tc.route)
+				}
+			}
+		})
+	}
+	for _, key := range []string{"max_connections_per_source", "max_connections_per_certificate", "max_pending", "max_pending_per_source"} {
+		_, err := Parse([]byte("limits:\n  "+key+": -1\n"+minimalConfig), "/etc/spacegate/c.yaml")
+		if err == nil || !strings.Contains(err.Error(), "limits."+key+" must not be negative") {
+			t.Errorf("%s: -1: %v", key, err)
+		}
+	}
+	if _, err := Parse([]byte(minimalConfig+"    max_connections: -1\n"), "/etc/spacegate/c.yaml"); err == nil ||
+		!strings.Contains(err.Error(), `route "db": max_connections must not be negative`) {
+		t.Errorf("route max_connections -1: %v", err)
+	}
+}
+
+func TestAdminListenRule(t *testing.T) {
+	for _, tc := range []struct {
+		admin string
+		want  string // "" for no problem
+	}{
+		{"admin:\n  listen: 127.0.0.1:9187\n", ""},
+		{"admin:\n  listen: 127.0.0.2:9187\n", ""},
+		{"admin:\n  listen: \"[::1]:9187\"\n", ""},
+		{"admin:\n  listen: :9187\n", ""},
+		{"admin:\n  listen: 0.0.0.0:9187\n  token_file: admin.token\n", ""},
+		{"admin:\n  listen: 0.0.0.0:9187\n", "c.yaml:2: admin.listen 0.0.0.0:9187 is not a loopback address, and the admin endpoint shows every live session: set admin.token_file"},
+		{"admin:\n  pprof: true\n  listen: 192.0.2.10:9187\n", "c.yaml:3: admin.listen 192.0.2.10:9187 is not a loopback address"},
+		{"admin:\n  listen: \"[::]:9187\"\n", "c.yaml:2: admin.listen [::]:9187 is not a loopback address"},
+		{"admin:\n  listen: localhost:9187\n", "c.yaml:2: admin.listen localhost:9187 is not a loopback address"},
+		{"admin:\n  listen: :0\n", `c.yaml:2: admin.listen: "127.0.0.1:0": port "0" is not a number`},
+	} {
+		_, err := Parse([]byte(tc.admin+minimalConfig), "c.yaml")
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%q: %v", tc.admin, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%q: error %v, want %q", tc.admin, err, tc.want)
+		}
+	}
+	cfg, err := Parse([]byte("admin:\n  listen: 0.0.0.0:9187\n  token_file: admin.token\n"+minimalConfig), "/etc/spacegate/c.yaml")
+	if err != nil {
 		t.Fatal(err)
+	}
+	if cfg.Admin.TokenFile != "/etc/spacegate/admin.token" {
+		t.Errorf("token_file not resolved against the config's directory: %q", cfg.Admin.TokenFile)
+	}
+	if got := cfg.Files(); len(got) < 2 || got[1] != "/etc/spacegate/admin.token" {
+		t.Errorf("Files() = %q: the reload must watch the token file", got)
 	}
 }

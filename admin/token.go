@@ -1,81 +1,24 @@
-package proxy
+package admin
 
 import (
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
-	"net"
-	"net/netip"
 	"syscall"
 
 	"github.com/spacegate/spacegate/internal/safefile"
 )
 
-// validate checks admin.listen, and that an address other than loopback
-// comes with a token: /v1/status lists every live session and pprof shows
-// the process's memory.
-func (a *AdminConfig) validate(v *validator) {
-	if a.Listen == "" {
-		return
-	}
-	if err := checkHostPort(adminListenAddr(a.Listen)); err != nil {
-		v.addf([]any{"admin", "listen"}, "admin.listen: %v", err)
-		return
-	}
-	if a.TokenFile == "" && !isLoopbackListen(a.Listen) {
-		v.addf([]any{"admin", "listen"}, "admin.listen %s is not a loopback address, and the admin endpoint shows every live session: set admin.token_file (a bearer token) to serve it there, or listen on 127.0.0.1", a.Listen)
-	}
-}
-
-// adminListenAddr is the address the admin endpoint binds: an empty host
-// (":9187") means 127.0.0.1, private unless said otherwise.
-func adminListenAddr(listen string) string {
-	host, port, err := net.SplitHostPort(listen)
-	if err == nil && host == "" {
-		return net.JoinHostPort("127.0.0.1", port)
-	}
-	return listen
-}
-
-// isLoopbackListen reports whether a listen address binds loopback only:
-// an empty host, 127.0.0.0/8 or ::1. A host name, even localhost, is not:
-// what it resolves to is not in the config.
-func isLoopbackListen(listen string) bool {
-	host, _, err := net.SplitHostPort(listen)
-	if err != nil {
-		return false
-	}
-	if host == "" {
-		return true
-	}
-	a, err := netip.ParseAddr(host)
-	return err == nil && a.Unmap().IsLoopback()
-}
-
-// loadAdminToken reads admin.token_file; nil when there is none.
-func (c *Config) loadAdminToken() ([]byte, error) {
-	if c.Admin.TokenFile == "" {
-		return nil, nil
-	}
-	tok, err := readTokenFile(c.Admin.TokenFile)
-	if err != nil {
-		return nil, c.problemAt([]any{"admin", "token_file"}, "admin.token_file: %v", err)
-	}
-	return tok, nil
-}
-
-// ReadTokenFile reads a bearer token file as the gate does, for the CLI.
-func ReadTokenFile(path string) ([]byte, error) { return readTokenFile(path) }
-
-// readTokenFile reads a bearer token: a regular file (after links) of at
+// ReadTokenFile reads the bearer token of admin.token_file, for the gate
+// and for the CLI that talks to it: a regular file (after links) of at
 // most safefile.AdminToken's size, opened without blocking so that a FIFO
 // cannot wedge a reload. One trailing newline (\n or \r\n) is dropped; the
 // rest must be printable ASCII without spaces, as an HTTP header carries
 // it. Like libpq's key files, it must not be readable by others: 0600 or
 // less, or 0640 or less when owned by root (Kubernetes mounts Secrets that
 // way with fsGroup).
-func readTokenFile(path string) ([]byte, error) {
+func ReadTokenFile(path string) ([]byte, error) {
 	f, _, err := safefile.Open(path, safefile.AdminToken)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
