@@ -75,7 +75,7 @@ func TestPanicEndsOneConnection(t *testing.T) {
 		at   hookPoint
 	}{
 		{"after the checks", hookAdmitted},
-		{"on the event loop", hookLoopAdd},
+		{"on the engine", hookOnEngine},
 		{"finishing a session", hookFinish},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -58,8 +58,9 @@
 // syscall.Conn, or that refuses SyscallConn), a session runs on two
 // goroutines, one per direction, with the same contract.
 //
-// A panic in a session's code (the Framer, a hook) ends that session only
-// and is reported to Options.OnPanic; an epoll failure ends the sessions of
+// A panic in a session's code (its Framer) ends that session only, and
+// OnEnd receives it as a *PanicError; a panic in OnEnd is reported to
+// Options.OnPanic. An epoll failure ends the sessions of
 // its loop with the error and is reported to Options.OnError. Neither ends
 // the process.
 package splice

@@ -112,13 +112,14 @@ func (f *panicFramer) Advance(p []byte) {
 func (f *panicFramer) Boundary([]byte) (int, bool) { return 0, true }
 
 // TestPanicEndsOneSession: a panic in a session's framer ends that
-// session with ErrPanicked, is reported, and the others go on.
+// session with a *PanicError, and the others go on; a panic in OnEnd is
+// reported to OnPanic.
 func TestPanicEndsOneSession(t *testing.T) {
 	forEachImpl(t, func(t *testing.T, portable bool) {
 		checkFds(t)
 		var panics atomic.Int32
 		e, err := Start(Options{Loops: 1, Portable: portable, OnPanic: func(v any, stack []byte) {
-			if v != "framer bug" || !strings.Contains(string(stack), "panicFramer") {
+			if v != "OnEnd bug" || !strings.Contains(string(stack), "TestPanicEndsOneSession") {
 				t.Errorf("OnPanic(%v) with stack\n%s", v, stack)
 			}
 			panics.Add(1)
@@ -130,12 +131,27 @@ func TestPanicEndsOneSession(t *testing.T) {
 		good := newSession(t, e, shape{}, Hooks{})
 		bad := newSession(t, e, shape{}, Hooks{Framer: &panicFramer{}})
 		bad.up.Write(make([]byte, 100))
-		if _, err := bad.ends.wait(t, 5*time.Second); !errors.Is(err, ErrPanicked) {
-			t.Fatalf("OnEnd: %v, want ErrPanicked", err)
+		_, err = bad.ends.wait(t, 5*time.Second)
+		var pe *PanicError
+		if !errors.Is(err, ErrPanicked) || !errors.As(err, &pe) || pe.Value != "framer bug" || !strings.Contains(string(pe.Stack), "panicFramer") {
+			t.Fatalf("OnEnd: %v, want a *PanicError of the framer's", err)
 		}
-		if n := panics.Load(); n != 1 {
-			t.Errorf("OnPanic called %d times, want 1", n)
+		// A panic in OnEnd goes to OnPanic.
+		a, b := tcpPair(t)
+		c, d := tcpPair(t)
+		ended := make(chan struct{})
+		s, err := e.Add(Side{Conn: Wrap(b)}, Side{Conn: Wrap(c)}, Hooks{OnEnd: func(Stats, error) {
+			defer close(ended)
+			panic("OnEnd bug")
+		}})
+		if err != nil {
+			t.Fatal(err)
 		}
+		s.Abort()
+		<-ended
+		waitFor(t, 5*time.Second, "OnPanic", func() bool { return panics.Load() == 1 })
+		a.Close()
+		d.Close()
 		if err := sendAll(good.client, []byte("still here")); err != nil {
 			t.Fatal(err)
 		}

@@ -30,8 +30,10 @@ type Options struct {
 	// Portable runs every session on goroutines, as on systems without
 	// epoll.
 	Portable bool
-	// OnPanic, if set, is told of a panic recovered in a session's code,
-	// with the stack of the panicking goroutine. It must not block.
+	// OnPanic, if set, is told of a panic recovered in a hook that has no
+	// session left to end: OnEnd itself, or a Close's done. (A panic in a
+	// session's own code, its Framer, ends the session: OnEnd receives a
+	// *PanicError.) It must not block.
 	OnPanic func(v any, stack []byte)
 	// OnError, if set, is told of an event loop's failure (its sessions end
 	// with the same error, and new sessions go to the other loops or to
@@ -233,7 +235,11 @@ func (e *Engine) report(h Hooks, st Stats, err error) {
 	if h.OnEnd == nil {
 		return
 	}
-	defer e.recoverPanic(nil)
+	defer e.recoverPanic(func(pe *PanicError) {
+		if e.o.OnPanic != nil {
+			e.o.OnPanic(pe.Value, pe.Stack)
+		}
+	})
 	h.OnEnd(st, err)
 }
 
@@ -246,20 +252,10 @@ func (e *Engine) reportAsync(h Hooks, st Stats, err error) {
 	}()
 }
 
-// recoverPanic, deferred, reports a panic to OnPanic and then runs then,
-// if set.
-func (e *Engine) recoverPanic(then func()) {
+// recoverPanic, deferred, turns a panic into a *PanicError for then.
+func (e *Engine) recoverPanic(then func(*PanicError)) {
 	if v := recover(); v != nil {
-		e.notePanic(v)
-		if then != nil {
-			then()
-		}
-	}
-}
-
-func (e *Engine) notePanic(v any) {
-	if e.o.OnPanic != nil {
-		e.o.OnPanic(v, debug.Stack())
+		then(&PanicError{Value: v, Stack: debug.Stack()})
 	}
 }
 

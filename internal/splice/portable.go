@@ -200,7 +200,7 @@ func (s *portableSession) boundary(p []byte) (int, bool) {
 // clientToUpstream copies the client's stream, and discards it once the
 // client is being closed.
 func (s *portableSession) clientToUpstream() {
-	defer s.e.recoverPanic(func() { s.end(ErrPanicked) })
+	defer s.e.recoverPanic(func(pe *PanicError) { s.end(pe) })
 	b := copyBuf{pool: &s.e.bufs}
 	defer b.release()
 	buf := b.next(0)
@@ -260,7 +260,7 @@ func (s *portableSession) holdFlood() {
 // upstreamToClient copies the upstream's stream, follows its framing, and
 // ends it at a boundary when cut.
 func (s *portableSession) upstreamToClient() {
-	defer s.e.recoverPanic(func() { s.end(ErrPanicked) })
+	defer s.e.recoverPanic(func(pe *PanicError) { s.end(pe) })
 	b := copyBuf{pool: &s.e.bufs}
 	defer b.release()
 	buf := b.next(0)

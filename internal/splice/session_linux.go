@@ -119,9 +119,9 @@ func (s *session) abort()            { s.l.post(loopCmd{kind: cmdAbort, s: s}) }
 
 // guard runs fn on the loop: a panic in it ends this session only.
 func (s *session) guard(fn func(*session)) {
-	defer s.e.recoverPanic(func() {
+	defer s.e.recoverPanic(func(pe *PanicError) {
 		if !s.done {
-			s.end(ErrPanicked)
+			s.end(pe)
 		}
 	})
 	fn(s)
