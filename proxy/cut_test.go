@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/spacegate/spacegate/internal/splice"
 	"github.com/spacegate/spacegate/internal/testenv"
 )
 
@@ -126,7 +127,8 @@ func TestMassCutStalledSessions(t *testing.T) {
 	}
 	forEachSplice(t, func(t *testing.T, goroutines bool) {
 		const n = 150
-		e := newEnv(t, envOptions{noRedis: true, goroutineSplice: goroutines, maxConnections: 400})
+		e := newEnv(t, envOptions{noRedis: true, goroutineSplice: goroutines, maxConnections: 400,
+			limits: "  max_connections_per_source: 400\n  max_connections_per_certificate: 400\n"})
 		ctx := context.Background()
 		var conns []*pgx.Conn
 		defer func() {
@@ -145,7 +147,7 @@ func TestMassCutStalledSessions(t *testing.T) {
 			_ = c.PgConn().Exec(ctx, "SELECT repeat('x', 8000) FROM generate_series(1, 100000)")
 		}
 		waitFor(t, 30*time.Second, "every result to stall", func() bool {
-			return stalledBackends(t, n) >= n
+			return stalledBackends(t) >= n
 		})
 		var peak atomic.Int64
 		stop := make(chan struct{})
@@ -170,15 +172,18 @@ func TestMassCutStalledSessions(t *testing.T) {
 		if p := peak.Load(); p >= 40 {
 			t.Errorf("%d OS threads during the cut, want under 40", p)
 		}
-		if took > cutGrace+2*time.Second {
-			t.Errorf("cut took %v, want within the cut grace (%v) and the linger bound", took, cutGrace)
+		// A stalled session is mid-row: its cut waits out the grace, then
+		// aborts. (The 150 backends that exit then share the machine's CPU
+		// with the gate: allow for it.)
+		if limit := cutGrace + splice.LingerTime + 3*time.Second; took > limit {
+			t.Errorf("cut took %v, want under %v", took, limit)
 		}
 	})
 }
 
 // stalledBackends counts the shared PostgreSQL's backends blocked sending
 // the test's result to a client.
-func stalledBackends(t *testing.T, _ int) int {
+func stalledBackends(t *testing.T) int {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
