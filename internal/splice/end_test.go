@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -212,4 +213,30 @@ func TestStop(t *testing.T) {
 		}
 		e.Stop()
 	})
+}
+
+// TestCopyBufGrowsForBulkAndShrinksWhenIdle: on goroutines, small reads
+// keep the small buffer; a read that fills it switches to a pooled large
+// one, which goes back to the pool once reads are small again.
+func TestCopyBufGrowsForBulkAndShrinksWhenIdle(t *testing.T) {
+	pool := &sync.Pool{New: func() any { b := make([]byte, portableBufSize); return &b }}
+	b := copyBuf{pool: pool}
+	for _, step := range []struct {
+		last int
+		want int
+	}{
+		{0, portableSmallBufSize},
+		{100, portableSmallBufSize},
+		{portableSmallBufSize, portableBufSize}, // filled: bulk
+		{portableBufSize, portableBufSize},
+		{9000, portableBufSize}, // still bulk-sized
+		{10, portableSmallBufSize},
+	} {
+		if got := len(b.next(step.last)); got != step.want {
+			t.Fatalf("after a read of %d: buffer of %d, want %d", step.last, got, step.want)
+		}
+	}
+	if b.big != nil {
+		t.Fatal("large buffer kept after small reads")
+	}
 }
