@@ -186,7 +186,7 @@ func (s *CertStore) InitCA(ctx context.Context, opts CAOptions) (*CA, error) {
 	if err := ca.WriteFiles(s.CAFile(), s.CAKeyFile()); err != nil {
 		return nil, err
 	}
-	if err := s.writeCRL(ca); err != nil {
+	if err := s.writeCRLs(ca, resignAll); err != nil {
 		return nil, err
 	}
 	return ca, nil
@@ -275,10 +275,7 @@ func (s *CertStore) RotateCA(ctx context.Context, opts CAOptions) (*CA, error) {
 	if err := os.MkdirAll(s.path(retiredDir), 0o700); err != nil {
 		return nil, fmt.Errorf("rotating CA: %w", err)
 	}
-	name := hex.EncodeToString(old.Cert.SubjectKeyId)
-	if name == "" {
-		name = FormatSerial(old.Cert.SerialNumber)
-	}
+	name := retiredName(old.Cert)
 	oldKey, err := marshalKeyPEM(old.Key)
 	if err != nil {
 		return nil, err
@@ -305,10 +302,20 @@ func (s *CertStore) RotateCA(ctx context.Context, opts CAOptions) (*CA, error) {
 	if err := atomicfile.WriteFile(s.CAKeyFile(), newKey, 0o600); err != nil {
 		return nil, fmt.Errorf("rotating CA: %w", err)
 	}
-	if err := s.writeCRL(ca); err != nil {
+	// The new CA's first CRL; the others stay as they are.
+	if err := s.writeCRLs(ca, resignMissing); err != nil {
 		return nil, err
 	}
 	return ca, nil
+}
+
+// retiredName returns the base name of a retired CA's files in
+// Dir/ca-retired/: its key id in hex, or its serial if it has none.
+func retiredName(c *x509.Certificate) string {
+	if len(c.SubjectKeyId) > 0 {
+		return hex.EncodeToString(c.SubjectKeyId)
+	}
+	return FormatSerial(c.SerialNumber)
 }
 
 var generationSuffix = regexp.MustCompile(` G(\d+)$`)
