@@ -208,6 +208,12 @@ func (s *CertStore) writeCRLs(signing *CA, resign func(ca *x509.Certificate, old
 	if err != nil {
 		return err
 	}
+	return s.writeCRLsFor(bundle, signing, resign)
+}
+
+// writeCRLsFor is writeCRLs for the CAs of bundle, which may differ from
+// the bundle on disk: the CRLs of other CAs are dropped.
+func (s *CertStore) writeCRLsFor(bundle []*x509.Certificate, signing *CA, resign func(ca *x509.Certificate, old *x509.RevocationList) bool) error {
 	certs, err := s.List()
 	if err != nil {
 		return err

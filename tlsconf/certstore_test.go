@@ -477,3 +477,103 @@ func TestNextGeneration(t *testing.T) {
 		}
 	}
 }
+
+func TestCertStorePruneCAs(t *testing.T) {
+	ctx := context.Background()
+	type setup struct {
+		ts            *testStore
+		oldCA, newCA  *CA
+		live, expires *ClientCert // of the old CA
+		fresh         *ClientCert // of the new CA
+	}
+	newSetup := func(t *testing.T) *setup {
+		ts := newTestStore(t)
+		st := &setup{ts: ts}
+		st.oldCA, _ = ts.CA()
+		var err error
+		if st.live, err = ts.Create(ctx, ClientRequest{Routes: []string{"db"}}); err != nil {
+			t.Fatal(err)
+		}
+		if st.expires, err = ts.Create(ctx, ClientRequest{Routes: []string{"db"}, ValidFor: time.Hour}); err != nil {
+			t.Fatal(err)
+		}
+		if st.newCA, err = ts.RotateCA(ctx, CAOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if st.fresh, err = ts.Create(ctx, ClientRequest{Routes: []string{"db"}}); err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	liveIDs := func(p *Pruned) []string {
+		var ids []string
+		for _, l := range p.Live {
+			ids = append(ids, l.Cert.ID)
+		}
+		return ids
+	}
+
+	t.Run("refused while old-CA certificates live", func(t *testing.T) {
+		st := newSetup(t)
+		before, _ := os.ReadFile(st.ts.CAFile())
+		p, err := st.ts.PruneCAs(ctx, false)
+		if !errors.Is(err, ErrCAInUse) {
+			t.Fatalf("PruneCAs = %v, want ErrCAInUse", err)
+		}
+		if got, want := liveIDs(p), []string{st.live.ID, st.expires.ID}; !slices.Equal(got, want) {
+			t.Errorf("live certificates %v, want %v", got, want)
+		}
+		if len(p.Removed) != 0 {
+			t.Errorf("refused prune reports %d CAs removed", len(p.Removed))
+		}
+		if after, _ := os.ReadFile(st.ts.CAFile()); !bytes.Equal(before, after) {
+			t.Error("refused prune changed the bundle")
+		}
+	})
+
+	t.Run("once revoked or expired", func(t *testing.T) {
+		st := newSetup(t)
+		if _, err := st.ts.Revoke(ctx, st.live.ID); err != nil {
+			t.Fatal(err)
+		}
+		st.ts.setNow(time.Now().Add(2 * time.Hour))
+		p, err := st.ts.PruneCAs(ctx, false)
+		if err != nil {
+			t.Fatalf("PruneCAs: %v", err)
+		}
+		if len(p.Removed) != 1 || !p.Removed[0].Equal(st.oldCA.Cert) || len(p.Kept) != 1 || !p.Kept[0].Equal(st.newCA.Cert) || p.Forced {
+			t.Errorf("Pruned = %+v, want the old CA removed and the new one kept", p)
+		}
+		if b, _ := st.ts.Bundle(); len(b) != 1 || !b[0].Equal(st.newCA.Cert) {
+			t.Errorf("bundle after prune holds %d CAs, want the new CA alone", len(b))
+		}
+		crls, _ := st.ts.readCRLs([]*x509.Certificate{st.oldCA.Cert, st.newCA.Cert})
+		if crls[0] != nil || crls[1] == nil {
+			t.Errorf("CRL file after prune: old CA's CRL %v, new CA's %v; want only the new one", crls[0] != nil, crls[1] != nil)
+		}
+		// The gate loads the result; the old CA's certificates are foreign.
+		if r := st.ts.verify(t, st.live.ID); r != ReasonCertUntrusted {
+			t.Errorf("old-CA certificate after prune: %v, want %v", r, ReasonCertUntrusted)
+		}
+		if r := st.ts.verify(t, st.fresh.ID); r != ReasonOK {
+			t.Errorf("new-CA certificate after prune: %v, want ok", r)
+		}
+		if p, err := st.ts.PruneCAs(ctx, false); err != nil || len(p.Removed) != 0 {
+			t.Errorf("second prune: %+v, %v; want nothing to do", p, err)
+		}
+	})
+
+	t.Run("force", func(t *testing.T) {
+		st := newSetup(t)
+		p, err := st.ts.PruneCAs(ctx, true)
+		if err != nil {
+			t.Fatalf("PruneCAs(force): %v", err)
+		}
+		if !p.Forced || len(p.Removed) != 1 || len(p.Live) != 2 {
+			t.Errorf("Pruned = %+v, want forced, 1 CA removed, 2 live certificates named", p)
+		}
+		if r := st.ts.verify(t, st.live.ID); r != ReasonCertUntrusted {
+			t.Errorf("old-CA certificate after a forced prune: %v, want %v", r, ReasonCertUntrusted)
+		}
+	})
+}
