@@ -125,3 +125,33 @@ func TestCAPruneForce(t *testing.T) {
 		t.Errorf("bundle after forced prune holds %d CAs, want 1", len(b))
 	}
 }
+
+// TestCheckWarnsCAWithoutCRL: a CRL file that holds no CRL of a CA of the
+// bundle (as one written before CRLs per issuer) loads, and check warns of
+// that CA; the next ca rotate writes the missing CRL.
+func TestCheckWarnsCAWithoutCRL(t *testing.T) {
+	e := newAdminEnv(t, "127.0.0.1:1", "127.0.0.1:1")
+	e.mustRun(t, "ca", "rotate")
+	crlFile := filepath.Join(e.pki, "ca.crl")
+	data, err := os.ReadFile(crlFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, _ := pem.Decode(data) // the new CA's: the old CA is left without one
+	writeFile(t, crlFile, string(pem.EncodeToMemory(first)))
+
+	var res checkResult
+	e.mustJSON(t, &res, "check")
+	want := "holds no CRL of CA CN=" + tlsconf.DefaultCAName + ":"
+	if !res.OK || len(res.Warnings) != 1 || !strings.Contains(res.Warnings[0], want) {
+		t.Errorf("check --json: ok %v, warnings %q; want ok and one warning containing %q", res.OK, res.Warnings, want)
+	}
+	e.mustRun(t, "ca", "rotate")
+	if n := countCRLs(t, crlFile); n != 3 {
+		t.Errorf("after another rotate ca.crl holds %d CRLs, want 3 (one per CA)", n)
+	}
+	e.mustJSON(t, &res, "check")
+	if len(res.Warnings) != 0 {
+		t.Errorf("check after every CA has its CRL warns: %q", res.Warnings)
+	}
+}
