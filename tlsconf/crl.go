@@ -86,7 +86,7 @@ func (m *Material) CAsWithoutCRL() []*x509.Certificate {
 	}
 	var out []*x509.Certificate
 	for i, ca := range m.CAs {
-		if m.crlOf[i] == nil {
+		if i >= len(m.crlOf) || m.crlOf[i] == nil {
 			out = append(out, ca)
 		}
 	}
