@@ -26,8 +26,10 @@ func observeSnapshot(m *admin.Metrics, s *Snapshot) {
 		for _, ca := range r.Material.CAs {
 			m.CertExpiry.WithLabelValues(r.Name, admin.CertCA, ca.Subject.String()).Set(float64(ca.NotAfter.Unix()))
 		}
-		if crl := r.Material.CRL; crl != nil && !crl.NextUpdate.IsZero() {
-			m.CRLNextUpdate.WithLabelValues(r.Name, crl.Issuer.String()).Set(float64(crl.NextUpdate.Unix()))
+		for _, ic := range r.Material.CRLs {
+			if crl := ic.CRL; !crl.NextUpdate.IsZero() {
+				m.CRLNextUpdate.WithLabelValues(r.Name, crl.Issuer.String()).Set(float64(crl.NextUpdate.Unix()))
+			}
 		}
 	}
 }
