@@ -9,6 +9,7 @@ import (
 
 	"github.com/spacegate/spacegate/admin"
 	"github.com/spacegate/spacegate/config"
+	"github.com/spacegate/spacegate/tlsconf"
 )
 
 // Server serves the admin API (package admin) of itself.
@@ -21,6 +22,8 @@ func (s *Server) Status() admin.Status {
 	snap := s.Snapshot()
 	conns := s.conns.list()
 	st := admin.Status{
+		Name:         s.name,
+		Fingerprint:  snap.Fingerprint,
 		Generation:   snap.Generation,
 		LoadedAt:     snap.LoadedAt,
 		Ready:        s.IsReady(),
@@ -40,6 +43,7 @@ func (s *Server) Status() admin.Status {
 			Name: r.Name, Protocol: r.Protocol, Listen: r.Listen, Enabled: r.IsEnabled(),
 			Rules: r.Matcher.Len(), MaxIPRules: r.MaxIPRules, RuleIDs: r.Matcher.IDs(), Active: active[r.Name],
 			UpstreamUnavailable: unavailable[r.Name],
+			RulesDigest:         r.RulesDigest, CAFingerprints: []string{}, CRLs: crlFacts(r.Material),
 		}
 		if rs.RuleIDs == nil {
 			rs.RuleIDs = []string{}
@@ -50,8 +54,10 @@ func (s *Server) Status() admin.Status {
 		if r.Material != nil {
 			if leaf := r.Material.Certificate.Leaf; leaf != nil {
 				rs.ServerCertNotAfter = leaf.NotAfter
+				rs.ServerCertSerial = tlsconf.FormatSerial(leaf.SerialNumber)
 				st.CertExpiries = append(st.CertExpiries, admin.CertExpiry{Kind: admin.CertServer, Route: r.Name, Subject: leaf.Subject.String(), NotAfter: leaf.NotAfter})
 			}
+			rs.CAFingerprints = caFingerprints(r.Material)
 			for _, ca := range r.Material.CAs {
 				st.CertExpiries = append(st.CertExpiries, admin.CertExpiry{Kind: admin.CertCA, Route: r.Name, Subject: ca.Subject.String(), NotAfter: ca.NotAfter})
 			}

@@ -64,7 +64,7 @@ func runQuickstart(ctx context.Context, w io.Writer, dir string, serve bool) err
 		return nil
 	}
 	fmt.Fprintf(w, "\nserving %s (Ctrl-C to stop)\n", qs.path("spacegate.yaml"))
-	return runServe(ctx, qs.path("spacegate.yaml"))
+	return runServe(ctx, qs.path("spacegate.yaml"), os.Getenv(replicaNameEnv))
 }
 
 type quickstart struct {
