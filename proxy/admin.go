@@ -86,6 +86,9 @@ func (s *Server) IsReady() bool {
 // the config has no admin.token_file.
 func (s *Server) AdminToken() []byte { return s.Snapshot().adminToken }
 
+// Fleet returns admin.fleet of the snapshot in force.
+func (s *Server) Fleet() []string { return s.Snapshot().Config.Admin.Fleet }
+
 func (s *Server) startAdmin(ac config.Admin) error {
 	if ac.Listen == "" {
 		return nil
