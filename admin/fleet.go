@@ -104,8 +104,9 @@ func fleetClient() *http.Client {
 	}
 }
 
-// replicaOf summarises a Status as a reachable Replica at url.
-func replicaOf(url string, st Status) Replica {
+// NewReplica summarises st, the status of the replica at url, as a
+// reachable Replica.
+func NewReplica(url string, st Status) Replica {
 	r := Replica{URL: url, Reachable: true, Name: st.Name, Fingerprint: st.Fingerprint,
 		Generation: st.Generation, LoadedAt: st.LoadedAt, Ready: st.Ready, Routes: map[string]ReplicaRoute{}}
 	for _, rs := range st.Routes {
@@ -223,7 +224,7 @@ func (f *fleetAsker) askOne(ctx context.Context, base string, token []byte) Repl
 	if st.Fingerprint == "" {
 		return fail("/v1/status has no fingerprint: a spacegate older than /v1/fleet, or not a spacegate")
 	}
-	return replicaOf(base, st)
+	return NewReplica(base, st)
 }
 
 // unwrapURLError drops the "Get \"URL\": " that net/http puts before the

@@ -93,7 +93,7 @@ func Handler(gate Gate, opts Options) http.Handler {
 			if r.TLS != nil {
 				scheme = "https"
 			}
-			return replicaOf(scheme+"://"+r.Host, gate.Status())
+			return NewReplica(scheme+"://"+r.Host, gate.Status())
 		}
 		writeJSON(w, asker.ask(ctx, gate.Fleet(), gate.AdminToken(), self))
 	})
