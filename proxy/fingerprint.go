@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"net"
 	"reflect"
 	"slices"
 	"strings"
@@ -51,8 +52,9 @@ func ruleLines(rules *allowlist.Rules) []string {
 // fingerprint names everything s enforces by content: each route's
 // settings, its rules (ids and CIDRs), the server certificate chain, the
 // CA bundle and the CRLs, and the limits and PROXY protocol peers. File
-// paths, modification times, the generation, the admin and log sections
-// and the replica's name are left out, so that replicas serving the same
+// paths, the host of listen addresses, modification times, the
+// generation, the admin and log sections and the replica's name are left
+// out, so that replicas serving the same
 // files under other paths agree, and a restart keeps the fingerprint.
 //
 // Settings are hashed as JSON with their zero values left out, so that a
@@ -97,9 +99,14 @@ func fingerprint(s *Snapshot) string {
 
 // routeSettings returns r with its file paths left out and its TLS keys
 // resolved, for the fingerprint: what the files hold is hashed instead.
+// The listen address counts by its port only: replicas on VMs bind each
+// its own address, and that says nothing of what they enforce.
 func routeSettings(c *config.Config, r *config.Route) config.Route {
 	out := *r
 	out.IPRulesFile, out.UpstreamCAFile, out.UpstreamCertFile, out.UpstreamKeyFile = "", "", "", ""
+	if _, port, err := net.SplitHostPort(r.Listen); err == nil {
+		out.Listen = ":" + port
+	}
 	out.TLS = &config.TLS{MinVersion: cmp.Or(r.EffectiveTLS(c.TLS).MinVersion, "1.2")}
 	if out.MaxIPRules == 0 {
 		out.MaxIPRules = config.DefaultMaxIPRules

@@ -102,6 +102,15 @@ func TestFingerprint(t *testing.T) {
 	if s := buildAt(t, path, 1); s.Fingerprint == a.Fingerprint {
 		t.Errorf("a route setting changed: same fingerprint %s", a.Fingerprint)
 	}
+	// Replicas on VMs listen each on its own address: only the port counts.
+	writeFile(t, path, strings.Replace(string(cfgText), "listen: 127.0.0.1:15432", "listen: 127.0.0.2:15432", 1))
+	if s := buildAt(t, path, 1); s.Fingerprint != a.Fingerprint {
+		t.Errorf("another listen host, same port: fingerprint %s, want %s", s.Fingerprint, a.Fingerprint)
+	}
+	writeFile(t, path, strings.Replace(string(cfgText), "listen: 127.0.0.1:15432", "listen: 127.0.0.1:15433", 1))
+	if s := buildAt(t, path, 1); s.Fingerprint == a.Fingerprint {
+		t.Errorf("another listen port: same fingerprint %s", a.Fingerprint)
+	}
 	other := testenv.NewPKI(t)
 	if s := buildAt(t, fingerprintDir(t, other, fmt.Sprintf(rule, "office"), "rules: []\n"), 1); s.Fingerprint == a.Fingerprint {
 		t.Errorf("another server certificate and CA: same fingerprint %s", a.Fingerprint)
