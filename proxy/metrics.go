@@ -30,11 +30,11 @@ func observeSnapshot(m *admin.Metrics, s *Snapshot) {
 		m.Established.WithLabelValues(r.Name)
 		m.Closed.WithLabelValues(r.Name)
 		touchRefused(m, r.Name)
-		for _, why := range cutReasons {
+		for _, why := range cutReasons() {
 			m.Cut.WithLabelValues(r.Name, why.String())
 		}
 		if r.Protocol == config.ProtocolPostgres {
-			for _, res := range cancelResults {
+			for _, res := range cancelResults() {
 				m.Cancels.WithLabelValues(r.Name, res)
 			}
 		}
@@ -58,14 +58,16 @@ func observeSnapshot(m *admin.Metrics, s *Snapshot) {
 
 // cutReasons are the reasons a live connection can be cut for: what a
 // reload's recheck can find (see conn.recheck), expiry, and shutdown.
-var cutReasons = [...]Reason{
-	ReasonIPNotAllowed, ReasonCertUntrusted, ReasonCertUsage, ReasonCertExpired, ReasonCertNotYetValid,
-	ReasonCertRevoked, ReasonCertWeakKey, ReasonIdentityNotAllowed, ReasonUserMismatch, ReasonRouteDisabled,
-	ReasonShutdown,
+func cutReasons() []Reason {
+	return []Reason{
+		ReasonIPNotAllowed, ReasonCertUntrusted, ReasonCertUsage, ReasonCertExpired, ReasonCertNotYetValid,
+		ReasonCertRevoked, ReasonCertWeakKey, ReasonIdentityNotAllowed, ReasonUserMismatch, ReasonRouteDisabled,
+		ReasonShutdown,
+	}
 }
 
 // cancelResults are the results of cancel_requests_total (see forwardCancel).
-var cancelResults = [...]string{"forwarded", "refused", "failed"}
+func cancelResults() []string { return []string{"forwarded", "refused", "failed"} }
 
 // touchRefused creates connections_refused_total{route,reason} at 0 for
 // every reason a connection can be refused for.
