@@ -3,6 +3,7 @@ package proxy
 import (
 	"cmp"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -83,8 +84,8 @@ func fingerprint(s *Snapshot) string {
 				rc.ServerCert = append(rc.ServerCert, shortDigest(der))
 			}
 			rc.CAs = caFingerprints(m)
-			if m.CRL != nil {
-				rc.CRLs = append(rc.CRLs, shortDigest(m.CRL.Raw))
+			for _, crl := range crlsOf(m) {
+				rc.CRLs = append(rc.CRLs, shortDigest(crl.Raw))
 			}
 		}
 		doc.Routes = append(doc.Routes, rc)
@@ -143,21 +144,30 @@ func caFingerprints(m *tlsconf.Material) []string {
 	return out
 }
 
-// crlFacts returns what /v1/status and the metrics say of the CRLs m
-// holds: issuer, number and validity of each. It is the one place that
-// reads them, so that CRLs kept per issuer change only this.
-func crlFacts(m *tlsconf.Material) []admin.CRL {
+// crlsOf returns the CRLs m holds. It is the one place that reads them
+// (for /v1/status, the metrics and the fingerprint), so that CRLs kept per
+// issuer change only this.
+func crlsOf(m *tlsconf.Material) []*x509.RevocationList {
 	if m == nil || m.CRL == nil {
-		return []admin.CRL{}
+		return nil
 	}
-	crl := m.CRL
-	number := ""
-	if crl.Number != nil {
-		number = crl.Number.String()
+	return []*x509.RevocationList{m.CRL}
+}
+
+// crlFacts returns what /v1/status and the metrics say of the CRLs m
+// holds: issuer, number and validity of each.
+func crlFacts(m *tlsconf.Material) []admin.CRL {
+	out := []admin.CRL{}
+	for _, crl := range crlsOf(m) {
+		number := ""
+		if crl.Number != nil {
+			number = crl.Number.String()
+		}
+		out = append(out, admin.CRL{
+			Issuer: crl.Issuer.String(), Number: number,
+			ThisUpdate: crl.ThisUpdate, NextUpdate: crl.NextUpdate,
+			Revoked: len(crl.RevokedCertificateEntries),
+		})
 	}
-	return []admin.CRL{{
-		Issuer: crl.Issuer.String(), Number: number,
-		ThisUpdate: crl.ThisUpdate, NextUpdate: crl.NextUpdate,
-		Revoked: len(crl.RevokedCertificateEntries),
-	}}
+	return out
 }
