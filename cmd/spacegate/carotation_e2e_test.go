@@ -37,7 +37,7 @@ func TestCARotationToTheEnd(t *testing.T) {
 	pg := testenv.StartPostgresT(t, testenv.PostgresOptions{})
 	e := newAdminEnv(t, pg.Addr, "127.0.0.1:1")
 	_, port, _ := net.SplitHostPort(e.pg)
-	e.mustRun(t, "ip-rules", "create", "db", "--cidr", "127.0.0.1/32", "--description", "loopback")
+	e.mustRunCode(t, exitWait, "ip-rules", "create", "db", "--cidr", "127.0.0.1/32", "--description", "loopback") // the gate starts below
 	// The gate's server certificate is the old CA's and stays so: clients
 	// verify it against the bundle as it was before the rotation.
 	roots := x509.NewCertPool()
