@@ -28,6 +28,9 @@ type Gate interface {
 	// none. It is asked on every request, so that a reload that changes
 	// the token takes effect at once.
 	AdminToken() []byte
+	// Fleet returns the entries of admin.fleet in force: how to reach
+	// every replica's admin endpoint. Empty means this replica alone.
+	Fleet() []string
 }
 
 // Options configure a Handler.
@@ -48,7 +51,8 @@ type Options struct {
 func open(path string) bool { return path == "/healthz" || path == "/readyz" }
 
 // Handler returns the admin API of gate: /metrics, /healthz, /readyz,
-// /v1/status and, with opts.Pprof, /debug/pprof/. Every path but /healthz
+// /v1/status, /v1/fleet (every replica of admin.fleet, asked in parallel
+// within FleetTimeout with the gate's own token) and, with opts.Pprof, /debug/pprof/. Every path but /healthz
 // and /readyz wants the gate's token as Authorization: Bearer TOKEN
 // (see Gate.AdminToken and Options.Public).
 func Handler(gate Gate, opts Options) http.Handler {
@@ -73,13 +77,35 @@ func Handler(gate Gate, opts Options) http.Handler {
 		}
 		fmt.Fprintln(w, "ready")
 	})
-	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(gate.Status())
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		st := gate.Status()
+		if r.URL.Query().Get("connections") == "0" {
+			st.Connections = []Conn{} // /v1/fleet asks without: they can be many
+		}
+		writeJSON(w, st)
+	})
+	asker := &fleetAsker{client: fleetClient(), resolver: net.DefaultResolver}
+	mux.HandleFunc("GET /v1/fleet", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), FleetTimeout)
+		defer cancel()
+		self := func() Replica {
+			scheme := "http"
+			if r.TLS != nil {
+				scheme = "https"
+			}
+			return NewReplica(scheme+"://"+r.Host, gate.Status())
+		}
+		writeJSON(w, asker.ask(ctx, gate.Fleet(), gate.AdminToken(), self))
 	})
 	return requireToken(mux, gate, opts.Public)
+}
+
+// writeJSON writes v as indented JSON.
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
 }
 
 // requireToken serves every path but the probes only to a request that

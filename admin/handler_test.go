@@ -23,6 +23,7 @@ type gate struct {
 	status Status
 	ready  bool
 	token  []byte
+	fleet  []string
 }
 
 var _ Gate = (*gate)(nil)
@@ -43,6 +44,12 @@ func (g *gate) AdminToken() []byte {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return g.token
+}
+
+func (g *gate) Fleet() []string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.fleet
 }
 
 func (g *gate) set(f func(*gate)) {

@@ -28,6 +28,9 @@ type Metrics struct {
 	Cut             *prometheus.CounterVec   // connections_cut_total{route,reason}
 	Reloads         *prometheus.CounterVec   // reloads_total{result}
 	LastReload      prometheus.Gauge         // last_reload_success_timestamp_seconds
+	ReloadOK        prometheus.Gauge         // config_last_reload_successful
+	ConfigInfo      *prometheus.GaugeVec     // config_info{fingerprint}
+	RouteRulesInfo  *prometheus.GaugeVec     // route_rules_info{route,digest}
 	Cancels         *prometheus.CounterVec   // cancel_requests_total{route,result}
 	Active          *prometheus.GaugeVec     // connections_active{route}
 	Rules           *prometheus.GaugeVec     // ip_rules{route}
@@ -65,6 +68,12 @@ func NewMetrics() *Metrics {
 			Help: "Configuration reloads, by result (ok, error)."}, []string{"result"}),
 		LastReload: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "last_reload_success_timestamp_seconds",
 			Help: "When the configuration in force was loaded."}),
+		ReloadOK: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "config_last_reload_successful",
+			Help: "1 if the last reload succeeded (or none was tried), 0 if it failed and the previous configuration keeps serving."}),
+		ConfigInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "config_info",
+			Help: "Always 1; fingerprint names the content in force, equal on replicas that serve the same files."}, []string{"fingerprint"}),
+		RouteRulesInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "route_rules_info",
+			Help: "Always 1; digest names the route's IP rules in force (ids and CIDRs), equal on replicas that read the same rules."}, []string{"route", "digest"}),
 		Cancels: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "cancel_requests_total",
 			Help: "PostgreSQL CancelRequests, by route and result (forwarded, refused, failed)."}, []string{"route", "result"}),
 		Active: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "connections_active",
@@ -99,9 +108,14 @@ func NewMetrics() *Metrics {
 			Help: "Panics recovered in a connection's code; each closed its connection, never the process. Any is a bug: see the log for the stack."}),
 	}
 	m.own = []prometheus.Collector{
-		m.Accepted, m.Refused, m.Established, m.Closed, m.Cut, m.Reloads, m.LastReload, m.Cancels, m.UpstreamUp, m.Active, m.Rules,
+		m.Accepted, m.Refused, m.Established, m.Closed, m.Cut, m.Reloads, m.LastReload, m.ReloadOK, m.ConfigInfo, m.RouteRulesInfo, m.Cancels, m.UpstreamUp, m.Active, m.Rules,
 		m.Generation, m.CertExpiry, m.CRLNextUpdate, m.clientExpiry, m.Handshake, m.UpstreamConnect, m.Duration, m.Bytes, m.Panics,
 	}
+	// Present at 0 from the start, so that increase() sees the first
+	// failed reload and dashboards show no gap.
+	m.Reloads.WithLabelValues("ok")
+	m.Reloads.WithLabelValues("error")
+	m.ReloadOK.Set(1)
 	m.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.Registry.MustRegister(m.own...)
 	return m

@@ -47,6 +47,8 @@ func TestMetricsNames(t *testing.T) {
 		"spacegate_cert_expiry_timestamp_seconds",
 		"spacegate_client_cert_expiry_timestamp_seconds",
 		"spacegate_config_generation",
+		"spacegate_config_info",
+		"spacegate_config_last_reload_successful",
 		"spacegate_connection_duration_seconds",
 		"spacegate_connections_accepted_total",
 		"spacegate_connections_active",
@@ -60,6 +62,7 @@ func TestMetricsNames(t *testing.T) {
 		"spacegate_last_reload_success_timestamp_seconds",
 		"spacegate_panics_total",
 		"spacegate_reloads_total",
+		"spacegate_route_rules_info",
 		"spacegate_upstream_connect_seconds",
 		"spacegate_upstream_up",
 	}

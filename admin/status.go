@@ -11,6 +11,13 @@ import (
 // out on purpose: the admin endpoint may be reachable by more people than
 // the config file.
 type Status struct {
+	// Name is the replica's name: the host name, or serve --replica-name
+	// ($SPACEGATE_REPLICA_NAME). It tells the replicas of a fleet apart.
+	Name string `json:"name"`
+	// Fingerprint names the content in force (see Fingerprint in package
+	// proxy): equal on replicas that serve the same files, stable across
+	// restarts. Generation only counts reloads of one process.
+	Fingerprint string        `json:"fingerprint"`
 	Generation  uint64        `json:"generation"`
 	LoadedAt    time.Time     `json:"loaded_at"`
 	Ready       bool          `json:"ready"`
@@ -25,13 +32,24 @@ type Status struct {
 
 // RouteStatus is one route in /v1/status.
 type RouteStatus struct {
-	Name               string    `json:"name"`
-	Protocol           string    `json:"protocol"`
-	Listen             string    `json:"listen"`
-	Enabled            bool      `json:"enabled"`
-	Rules              int       `json:"rules"`
-	MaxIPRules         int       `json:"max_ip_rules"`
-	RuleIDs            []string  `json:"rule_ids"`
+	Name       string   `json:"name"`
+	Protocol   string   `json:"protocol"`
+	Listen     string   `json:"listen"`
+	Enabled    bool     `json:"enabled"`
+	Rules      int      `json:"rules"`
+	MaxIPRules int      `json:"max_ip_rules"`
+	RuleIDs    []string `json:"rule_ids"`
+	// RulesDigest names the route's rules in force, ids and CIDRs: equal
+	// on replicas that read the same rules.
+	RulesDigest string `json:"rules_digest"`
+	// ServerCertSerial is the serial of the certificate the route serves,
+	// as `spacegate certs` prints serials.
+	ServerCertSerial string `json:"server_cert_serial,omitempty"`
+	// CAFingerprints are the SHA-256 of each CA certificate the route
+	// trusts (hex, of the DER), in bundle order.
+	CAFingerprints []string `json:"ca_fingerprints"`
+	// CRLs are the revocation lists in force for the route, one per issuer.
+	CRLs               []CRL     `json:"crls"`
 	Active             int       `json:"active"`
 	ServerCertNotAfter time.Time `json:"server_cert_not_after,omitzero"`
 	// Upstream is the last probe of the upstream; nil before the first.
@@ -40,6 +58,18 @@ type RouteStatus struct {
 	// started because the upstream could not be reached, as
 	// spacegate_connections_refused_total{reason="upstream_unavailable"}.
 	UpstreamUnavailable int64 `json:"upstream_unavailable_total"`
+}
+
+// CRL is one revocation list in force: whose, which, and until when.
+type CRL struct {
+	Issuer string `json:"issuer"`
+	// Number is the CRL's cRLNumber in decimal, "" when it has none. Each
+	// CRL that `spacegate certs revoke` signs has a higher one.
+	Number     string    `json:"number"`
+	ThisUpdate time.Time `json:"this_update"`
+	NextUpdate time.Time `json:"next_update,omitzero"`
+	// Revoked counts the serials it lists.
+	Revoked int `json:"revoked"`
 }
 
 // UpstreamHealth is the last probe of a route's upstream.

@@ -47,6 +47,11 @@ type Store struct {
 	// Path is the rules file.
 	Path string
 
+	// Route is the name of the route the file belongs to. Create derives
+	// a new rule's id from it and the block (see RuleID), so that the same
+	// block on the same route gets the same id on every host.
+	Route string
+
 	// MaxRules is the most rules the file may hold; Create refuses a rule
 	// beyond it. Zero means DefaultMaxRules.
 	MaxRules int
@@ -123,7 +128,8 @@ func (s *Store) Update(ctx context.Context, fn func(*Rules) error) error {
 	return atomicfile.WriteFile(s.Path, data, 0o644)
 }
 
-// Create adds a rule for cidr with a new random UUID and returns it. cidr
+// Create adds a rule for cidr with the id RuleID(s.Route, cidr) and
+// returns it. cidr
 // must be normalised, as [ParseCIDR] returns it. Create refuses, with an
 // error wrapping [ErrDuplicateCIDR], a block that another rule already has,
 // and, wrapping [ErrTooManyRules], a rule beyond MaxRules. A missing rules
@@ -136,7 +142,7 @@ func (s *Store) Create(ctx context.Context, cidr netip.Prefix, description strin
 		return Rule{}, fmt.Errorf("creating rule: cidr %s is not normalised; did you mean %s?", cidr, n)
 	}
 	now := s.now()
-	rule := Rule{ID: uuid.NewString(), CIDR: cidr, Description: description, CreatedAt: now, UpdatedAt: now}
+	rule := Rule{ID: RuleID(s.Route, cidr), CIDR: cidr, Description: description, CreatedAt: now, UpdatedAt: now}
 	err := s.Update(ctx, func(r *Rules) error {
 		for _, old := range r.Rules {
 			if old.CIDR == cidr {
@@ -153,6 +159,18 @@ func (s *Store) Create(ctx context.Context, cidr netip.Prefix, description strin
 		return Rule{}, err
 	}
 	return rule, nil
+}
+
+// RuleID returns the id of a rule for cidr on route: a name-based UUID
+// (version 5, RFC 9562) of the route's name and the normalised block. It
+// is the same on every host, so that a rule made on one replica's copy
+// of a rules file can be looked up by id on any other; rules files keep
+// whatever UUIDs they hold, and a rule made by hand may have any.
+func RuleID(route string, cidr netip.Prefix) string {
+	// The namespace is the name-based UUID of "https://spacegate.dev/ip-rule"
+	// in the URL namespace.
+	space := uuid.NewSHA1(uuid.NameSpaceURL, []byte("https://spacegate.dev/ip-rule"))
+	return uuid.NewSHA1(space, []byte(route+"\x00"+normalize(cidr).String())).String()
 }
 
 // Delete removes the rule with the given id (case-insensitive) and returns

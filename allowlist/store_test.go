@@ -167,3 +167,42 @@ func TestStoreConcurrentCreate(t *testing.T) {
 		t.Errorf("after %d concurrent creates the file holds %d rules", n, len(rules.Rules))
 	}
 }
+
+// TestRuleIDFromContent: the same block on the same route gets the same
+// id in any file on any host; another route or block another id.
+func TestRuleIDFromContent(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	a := &Store{Path: filepath.Join(dir, "a.yaml"), Route: "db"}
+	b := &Store{Path: filepath.Join(dir, "b.yaml"), Route: "db"}
+	c := &Store{Path: filepath.Join(dir, "c.yaml"), Route: "cache"}
+	ra, err := a.Create(ctx, netip.MustParsePrefix("10.1.0.0/16"), "office")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rb, err := b.Create(ctx, netip.MustParsePrefix("10.1.0.0/16"), "the same office, described otherwise")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := c.Create(ctx, netip.MustParsePrefix("10.1.0.0/16"), "office")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ra.ID != rb.ID || ra.ID == rc.ID || !isUUID(ra.ID) {
+		t.Errorf("ids: db %s, db again %s, cache %s; want the first two equal, the third not", ra.ID, rb.ID, rc.ID)
+	}
+	if RuleID("db", netip.MustParsePrefix("10.2.0.0/16")) == ra.ID || RuleID("db", netip.MustParsePrefix("10.1.0.0/16")) != ra.ID {
+		t.Errorf("RuleID does not follow the block")
+	}
+	if got := RuleID("db", netip.MustParsePrefix("::ffff:10.1.0.0/112")); got != ra.ID {
+		t.Errorf("an IPv4-mapped block: %s, want the id of its IPv4 block %s", got, ra.ID)
+	}
+	// A file's existing ids, random UUIDs, stay valid.
+	if err := os.WriteFile(filepath.Join(dir, "old.yaml"), []byte("rules:\n  - id: 38c466b6-dcfb-4869-b5ac-40420b786fb4\n    cidr: 10.9.0.0/16\n    description: old\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	old := &Store{Path: filepath.Join(dir, "old.yaml"), Route: "db"}
+	if r, err := old.Get("38c466b6-dcfb-4869-b5ac-40420b786fb4"); err != nil || r.CIDR != netip.MustParsePrefix("10.9.0.0/16") {
+		t.Errorf("old id: %+v, %v", r, err)
+	}
+}

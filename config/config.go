@@ -37,6 +37,13 @@ type Admin struct {
 	// Pprof serves Go's profiler under /debug/pprof/ on the admin address.
 	// Off by default: profiles show internals to whoever reaches it.
 	Pprof bool `yaml:"pprof"`
+	// Fleet lists the admin endpoints of every replica that serves the
+	// same routes behind one balancer, this one included: URLs
+	// (http://10.0.0.11:9187), and dns:NAME:PORT entries whose every A
+	// and AAAA record is a replica (a Kubernetes headless Service).
+	// /v1/fleet asks them all, with the token of TokenFile. Empty means
+	// the fleet is this replica alone.
+	Fleet []string `yaml:"fleet"`
 }
 
 // Log selects the log level and encoding.

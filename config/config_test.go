@@ -206,3 +206,40 @@ func TestAdminListenRule(t *testing.T) {
 		t.Errorf("Files() = %q: the reload must watch the token file", got)
 	}
 }
+
+// TestAdminFleet: admin.fleet takes http(s) URLs of host:port and
+// dns:NAME:PORT entries, and names the line of a bad one.
+func TestAdminFleet(t *testing.T) {
+	const head = "admin:\n  listen: 127.0.0.1:9187\n  fleet:\n"
+	for _, tc := range []struct {
+		entries string
+		want    string // "" for no problem
+	}{
+		{"    - http://10.0.0.11:9187\n    - https://gate-2.example.com:9187/\n    - \"http://[2001:db8::1]:9187\"\n    - dns:spacegate-admin.edge.svc.cluster.local:9187\n", ""},
+		{"    - http://10.0.0.11:9187\n    - ftp://10.0.0.12:9187\n", `c.yaml:5: admin.fleet: "ftp://10.0.0.12:9187": want http://HOST:PORT`},
+		{"    - http://10.0.0.11\n", `c.yaml:4: admin.fleet: "http://10.0.0.11": want the host and port`},
+		{"    - http://10.0.0.11:9187/v1/status\n", `c.yaml:4: admin.fleet: "http://10.0.0.11:9187/v1/status": nothing may follow the port`},
+		{"    - http://admin:secret@10.0.0.11:9187\n", `c.yaml:4: admin.fleet: "http://admin:secret@10.0.0.11:9187": no user or password`},
+		{"    - http://10.0.0.11:99999\n", `port "99999" is not a number from 1 to 65535`},
+		{"    - dns:gates.local\n", `c.yaml:4: admin.fleet: "dns:gates.local": want dns:NAME:PORT`},
+		{"    - dns:gates..local:9187\n", `"gates..local" is not a DNS name`},
+		{"    - dns:gates.local:x\n", `port "x" is not a number`},
+		{"    - 10.0.0.11:9187\n", `c.yaml:4: admin.fleet: "10.0.0.11:9187"`},
+		{"    - http://10.0.0.11:9187\n    - http://10.0.0.11:9187/\n", "c.yaml:5: admin.fleet: http://10.0.0.11:9187/ is listed twice (entry 1 and 2)"},
+	} {
+		_, err := Parse([]byte(head+tc.entries+minimalConfig), "c.yaml")
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%q: %v", tc.entries, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%q: error %v, want %q", tc.entries, err, tc.want)
+		}
+	}
+	if _, err := Parse([]byte("admin:\n  fleet: [http://10.0.0.11:9187]\n"+minimalConfig), "c.yaml"); err == nil || !strings.Contains(err.Error(), "c.yaml:2: admin.fleet is served at /v1/fleet of the admin endpoint: set admin.listen") {
+		t.Errorf("fleet without listen: %v", err)
+	}
+	e, err := ParseFleetEntry("dns:gates.local:9187")
+	if err != nil || e.ReplicaURL("2001:db8::7") != "http://[2001:db8::7]:9187" || e.String() != "dns:gates.local:9187" {
+		t.Errorf("dns entry: %+v, %v", e, err)
+	}
+}

@@ -358,6 +358,7 @@ func (c *Config) resolvePaths() {
 // comes with a token: /v1/status lists every live session and pprof shows
 // the process's memory.
 func (a *Admin) validate(v *validator) {
+	a.validateFleet(v)
 	if a.Listen == "" {
 		return
 	}

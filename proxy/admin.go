@@ -9,6 +9,7 @@ import (
 
 	"github.com/spacegate/spacegate/admin"
 	"github.com/spacegate/spacegate/config"
+	"github.com/spacegate/spacegate/tlsconf"
 )
 
 // Server serves the admin API (package admin) of itself.
@@ -21,6 +22,8 @@ func (s *Server) Status() admin.Status {
 	snap := s.Snapshot()
 	conns := s.conns.list()
 	st := admin.Status{
+		Name:         s.name,
+		Fingerprint:  snap.Fingerprint,
 		Generation:   snap.Generation,
 		LoadedAt:     snap.LoadedAt,
 		Ready:        s.IsReady(),
@@ -40,6 +43,7 @@ func (s *Server) Status() admin.Status {
 			Name: r.Name, Protocol: r.Protocol, Listen: r.Listen, Enabled: r.IsEnabled(),
 			Rules: r.Matcher.Len(), MaxIPRules: r.MaxIPRules, RuleIDs: r.Matcher.IDs(), Active: active[r.Name],
 			UpstreamUnavailable: unavailable[r.Name],
+			RulesDigest:         r.RulesDigest, CAFingerprints: []string{}, CRLs: crlFacts(r.Material),
 		}
 		if rs.RuleIDs == nil {
 			rs.RuleIDs = []string{}
@@ -50,8 +54,10 @@ func (s *Server) Status() admin.Status {
 		if r.Material != nil {
 			if leaf := r.Material.Certificate.Leaf; leaf != nil {
 				rs.ServerCertNotAfter = leaf.NotAfter
+				rs.ServerCertSerial = tlsconf.FormatSerial(leaf.SerialNumber)
 				st.CertExpiries = append(st.CertExpiries, admin.CertExpiry{Kind: admin.CertServer, Route: r.Name, Subject: leaf.Subject.String(), NotAfter: leaf.NotAfter})
 			}
+			rs.CAFingerprints = caFingerprints(r.Material)
 			for _, ca := range r.Material.CAs {
 				st.CertExpiries = append(st.CertExpiries, admin.CertExpiry{Kind: admin.CertCA, Route: r.Name, Subject: ca.Subject.String(), NotAfter: ca.NotAfter})
 			}
@@ -79,6 +85,9 @@ func (s *Server) IsReady() bool {
 // AdminToken returns the admin token of the snapshot in force, nil when
 // the config has no admin.token_file.
 func (s *Server) AdminToken() []byte { return s.Snapshot().adminToken }
+
+// Fleet returns admin.fleet of the snapshot in force.
+func (s *Server) Fleet() []string { return s.Snapshot().Config.Admin.Fleet }
 
 func (s *Server) startAdmin(ac config.Admin) error {
 	if ac.Listen == "" {

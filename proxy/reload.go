@@ -37,6 +37,7 @@ func (s *Server) Reload() error {
 	}
 	if err != nil {
 		s.metrics.Reloads.WithLabelValues("error").Inc()
+		s.metrics.ReloadOK.Set(0)
 		s.log.Error("reload failed; the previous configuration keeps serving",
 			zap.Uint64("generation", old.Generation), zap.Strings("problems", problemStrings(err)))
 		return err

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -39,6 +40,9 @@ type Options struct {
 	// that file events missed (network file systems). Zero means 30s;
 	// negative turns polling off.
 	PollInterval time.Duration
+	// Name is the replica's name in /v1/status and /v1/fleet. If empty,
+	// the host name.
+	Name string
 	// GoroutineSplice runs every session on two goroutines, the engine's
 	// portable implementation (splice.Options.Portable), rather than on its
 	// event loops: for comparison and tests, and what other systems than
@@ -63,6 +67,7 @@ type Server struct {
 	wg       sync.WaitGroup
 
 	notify       func(string)
+	name         string     // the replica's, of Options.Name
 	reloadMu     sync.Mutex // one reload at a time
 	watcher      *filewatch.Watcher
 	pollInterval time.Duration
@@ -106,6 +111,9 @@ func NewServer(opts Options) (*Server, error) {
 	}
 	if s.notify == nil {
 		s.notify = func(string) {}
+	}
+	if s.name = opts.Name; s.name == "" {
+		s.name, _ = os.Hostname()
 	}
 	if s.log == nil {
 		s.log = zap.NewNop()

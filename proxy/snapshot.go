@@ -28,7 +28,10 @@ type Snapshot struct {
 	Config     *config.Config
 	Generation uint64
 	LoadedAt   time.Time
-	Routes     []*Route
+	// Fingerprint names the content in force (see fingerprint): equal on
+	// replicas that serve the same files, whatever their paths.
+	Fingerprint string
+	Routes      []*Route
 	// Listeners groups the routes by listen address, in config order.
 	Listeners []*Listener
 
@@ -94,9 +97,11 @@ func (s *Snapshot) Listener(addr string) *Listener { return s.byAddr[addr] }
 // Route is one route of a Snapshot with its loaded rules and TLS state.
 type Route struct {
 	config.Route
-	Rules    *allowlist.Rules
-	Matcher  *allowlist.Matcher
-	Material *tlsconf.Material
+	Rules   *allowlist.Rules
+	Matcher *allowlist.Matcher
+	// RulesDigest names the rules in force by their ids and CIDRs.
+	RulesDigest string
+	Material    *tlsconf.Material
 	// TLS serves the route's handshakes. It requests but does not verify a
 	// client certificate: the gate verifies after the handshake so that the
 	// client can be told why in its own protocol.
@@ -182,6 +187,10 @@ func Build(cfg *config.Config, generation uint64) (*Snapshot, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
+	for _, r := range s.Routes {
+		r.RulesDigest = rulesDigest(r.Rules)
+	}
+	s.Fingerprint = fingerprint(s)
 	return s, nil
 }
 

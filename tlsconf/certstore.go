@@ -27,7 +27,7 @@ import (
 const (
 	CAFileName   = "ca.crt" // CA bundle: the signing CA first, then older CAs still trusted
 	CAKeyName    = "ca.key" // key of the signing CA, mode 0600
-	CRLFileName  = "ca.crl" // CRL signed by the signing CA, listing every revoked client certificate
+	CRLFileName  = "ca.crl" // one CRL per CA of the bundle, each listing the revoked client certificates that CA issued
 	AuditLogName = "audit.log"
 
 	ClientCertName = "postgresql.crt" // in clients/ID/: the client certificate, then its issuing CA
@@ -71,7 +71,7 @@ var (
 //
 //	ca.crt                    CA bundle: signing CA first, then older CAs still trusted
 //	ca.key                    key of the signing CA (0600)
-//	ca.crl                    CRL signed by the signing CA
+//	ca.crl                    one CRL per CA of ca.crt, each signed by that CA
 //	ca-retired/KEYID.{crt,key}  previous signing CAs, kept after a rotation
 //	clients/ID/postgresql.crt client certificate, then its issuing CA
 //	clients/ID/postgresql.key its key (0600)
@@ -82,12 +82,13 @@ var (
 // concurrent commands are serialised, and write every file atomically. The
 // directory and its subdirectories are mode 0700 and keys 0600.
 //
-// Revocation: ca.crl is always signed by the signing CA and lists every
-// revoked certificate, whichever CA of the bundle issued it. The gate looks
-// revoked serials up by serial alone and accepts a CRL signed by any CA of
-// the bundle (see [Load]), so a certificate of the previous CA revoked after
-// a rotation is refused too; a single CRL file also keeps the gate's config
-// to one crl_file.
+// Revocation: ca.crl holds one CRL per CA of the bundle, in bundle order,
+// each signed by its own CA (with the key in ca.key or ca-retired/) and
+// listing the revoked certificates that CA issued, as RFC 5280 has it. The
+// CRL numbers grow per CA: a revocation signs again only the issuing CA's
+// CRL. The gate looks a serial up in the CRL of the certificate's issuer
+// (see [Material.Verify]); one file keeps its config to one crl_file. A
+// rotation ends with [CertStore.PruneCAs].
 //
 // A CertStore holds no open files or cached state; its methods are safe for
 // concurrent use as long as its fields are not changed.
@@ -186,7 +187,7 @@ func (s *CertStore) InitCA(ctx context.Context, opts CAOptions) (*CA, error) {
 	if err := ca.WriteFiles(s.CAFile(), s.CAKeyFile()); err != nil {
 		return nil, err
 	}
-	if err := s.writeCRL(ca); err != nil {
+	if err := s.writeCRLs(ca, resignAll); err != nil {
 		return nil, err
 	}
 	return ca, nil
@@ -247,9 +248,10 @@ func (s *CertStore) Bundle() ([]*x509.Certificate, error) {
 
 // RotateCA makes a new signing CA without an outage: the new CA goes first
 // into the bundle, beside the CAs already there, so that the gate trusts the
-// certificates of both; new certificates are signed by the new CA; the CRL
-// is signed again by the new CA. The previous signing CA's certificate and
-// key are kept in Dir/ca-retired/. It returns the new CA.
+// certificates of both; new certificates are signed by the new CA, which
+// gets a CRL of its own in the CRL file beside the others. The previous
+// signing CA's certificate and key are kept in Dir/ca-retired/, where the
+// key goes on signing that CA's CRL. It returns the new CA.
 func (s *CertStore) RotateCA(ctx context.Context, opts CAOptions) (*CA, error) {
 	old, unlock, err := s.lockCA(ctx)
 	if err != nil {
@@ -275,10 +277,7 @@ func (s *CertStore) RotateCA(ctx context.Context, opts CAOptions) (*CA, error) {
 	if err := os.MkdirAll(s.path(retiredDir), 0o700); err != nil {
 		return nil, fmt.Errorf("rotating CA: %w", err)
 	}
-	name := hex.EncodeToString(old.Cert.SubjectKeyId)
-	if name == "" {
-		name = FormatSerial(old.Cert.SerialNumber)
-	}
+	name := retiredName(old.Cert)
 	oldKey, err := marshalKeyPEM(old.Key)
 	if err != nil {
 		return nil, err
@@ -305,10 +304,20 @@ func (s *CertStore) RotateCA(ctx context.Context, opts CAOptions) (*CA, error) {
 	if err := atomicfile.WriteFile(s.CAKeyFile(), newKey, 0o600); err != nil {
 		return nil, fmt.Errorf("rotating CA: %w", err)
 	}
-	if err := s.writeCRL(ca); err != nil {
+	// The new CA's first CRL; the others stay as they are.
+	if err := s.writeCRLs(ca, resignMissing); err != nil {
 		return nil, err
 	}
 	return ca, nil
+}
+
+// retiredName returns the base name of a retired CA's files in
+// Dir/ca-retired/: its key id in hex, or its serial if it has none.
+func retiredName(c *x509.Certificate) string {
+	if len(c.SubjectKeyId) > 0 {
+		return hex.EncodeToString(c.SubjectKeyId)
+	}
+	return FormatSerial(c.SerialNumber)
 }
 
 var generationSuffix = regexp.MustCompile(` G(\d+)$`)

@@ -63,6 +63,15 @@ func (c *ClientCert) Status(now time.Time) CertStatus {
 	return StatusReady
 }
 
+// IssuedBy reports whether ca issued c: by the key id recorded at
+// creation, or by the issuer's name for a record without one.
+func (c *ClientCert) IssuedBy(ca *x509.Certificate) bool {
+	if c.IssuerKeyID != "" && len(ca.SubjectKeyId) > 0 {
+		return c.IssuerKeyID == hex.EncodeToString(ca.SubjectKeyId)
+	}
+	return c.Issuer == ca.Subject.String()
+}
+
 // HasRoute reports whether c was made for route.
 func (c *ClientCert) HasRoute(route string) bool { return slices.Contains(c.Routes, route) }
 

@@ -2,21 +2,25 @@ package tlsconf
 
 import (
 	"context"
+	"crypto"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
 	"math/big"
+	"slices"
 	"time"
 
 	"github.com/spacegate/spacegate/internal/atomicfile"
 	"github.com/spacegate/spacegate/internal/safefile"
 )
 
-// Revoke marks client certificate id revoked and writes a new CRL that
-// lists it. Revoking a certificate twice is an error wrapping
-// [ErrAlreadyRevoked].
+// Revoke marks client certificate id revoked and signs again the CRL of
+// the CA that issued it, with the next CRL number; the CRLs of the other
+// CAs are left as they are. Revoking a certificate twice is an error
+// wrapping [ErrAlreadyRevoked]. A certificate whose CA is no longer in the
+// bundle (pruned) is only marked: the gate refuses it as untrusted anyway.
 func (s *CertStore) Revoke(ctx context.Context, id string) (*ClientCert, error) {
 	unlock, err := s.lock(ctx)
 	if err != nil {
@@ -34,14 +38,30 @@ func (s *CertStore) Revoke(ctx context.Context, id string) (*ClientCert, error) 
 	if err != nil {
 		return nil, err
 	}
+	bundle, err := s.Bundle()
+	if err != nil {
+		return nil, err
+	}
+	// Find the issuer's key before marking anything, so that a revocation
+	// is never recorded without the CRL that makes it take effect.
+	var issuer *x509.Certificate
+	for _, c := range bundle {
+		if cc.IssuedBy(c) {
+			if _, err := s.signerOf(c, ca); err != nil {
+				return nil, fmt.Errorf("revoking certificate %s: %w", cc.ID, err)
+			}
+			issuer = c
+			break
+		}
+	}
 	cc.RevokedAt = s.now().UTC().Truncate(time.Second)
 	if err := s.writeMeta(cc); err != nil {
 		return nil, err
 	}
-	if err := s.writeCRL(ca); err != nil {
-		return nil, err
+	if issuer == nil {
+		return cc, nil
 	}
-	return cc, nil
+	return cc, s.writeCRLs(ca, func(c *x509.Certificate, _ *x509.RevocationList) bool { return c.Equal(issuer) })
 }
 
 // RenewOptions select the certificates [CertStore.Renew] replaces.
@@ -96,74 +116,173 @@ func (s *CertStore) Renew(ctx context.Context, opts RenewOptions) ([]Renewal, er
 		}
 		done = append(done, Renewal{Old: old, New: nc})
 	}
-	if crl, err := s.readCRL(); err != nil || crl.NextUpdate.Sub(now) < crlValidity/2 {
-		if err := s.writeCRL(ca); err != nil {
-			return done, err
-		}
+	// Each CA's CRL on its own: those past half of their validity, and
+	// those missing.
+	stale := func(_ *x509.Certificate, old *x509.RevocationList) bool {
+		return old.NextUpdate.Sub(now) < crlValidity/2
+	}
+	if err := s.writeCRLs(ca, stale); err != nil {
+		return done, err
 	}
 	return done, nil
 }
 
-// WriteCRL signs the CRL again with the signing CA, with a new number and
-// validity, listing every revoked client certificate. Revoke and Renew call
-// it as needed; it is for a CRL that was lost or that another tool needs
-// fresh.
+// WriteCRL signs again the CRL of every CA of the bundle whose key the
+// store holds (the signing CA's, and retired ones in ca-retired/), each
+// with its next number and a new validity, listing the revoked client
+// certificates that CA issued. Revoke and Renew call it as needed; it is for
+// a CRL file that was lost or that another tool needs fresh.
 func (s *CertStore) WriteCRL(ctx context.Context) error {
 	ca, unlock, err := s.lockCA(ctx)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	return s.writeCRL(ca)
+	return s.writeCRLs(ca, resignAll)
 }
 
-// readCRL parses Dir/ca.crl.
-func (s *CertStore) readCRL() (*x509.RevocationList, error) {
+// storedCRL is a CRL of Dir/ca.crl as read back, with its PEM.
+type storedCRL struct {
+	crl *x509.RevocationList
+	pem []byte
+}
+
+// readCRLs parses Dir/ca.crl and returns, parallel to bundle, the CRL each
+// CA signed (nil where none). A CRL that no CA of bundle signed is dropped.
+// A missing file gives no CRLs and no error.
+func (s *CertStore) readCRLs(bundle []*x509.Certificate) ([]*storedCRL, error) {
+	out := make([]*storedCRL, len(bundle))
 	data, err := safefile.ReadFile(s.CRLFile(), safefile.CRL)
+	if errors.Is(err, fs.ErrNotExist) {
+		return out, nil
+	}
 	if err != nil {
-		return nil, err
+		return out, err
 	}
-	der := data
-	if b, _ := pem.Decode(data); b != nil {
-		der = b.Bytes
+	crls, err := parseCRLs(data)
+	if err != nil {
+		return out, fmt.Errorf("CRL file %q: %w", s.CRLFile(), err)
 	}
-	return x509.ParseRevocationList(der)
+	for _, crl := range crls {
+		for i, ca := range bundle {
+			if out[i] == nil && crl.CheckSignatureFrom(ca) == nil {
+				out[i] = &storedCRL{crl: crl, pem: pem.EncodeToMemory(&pem.Block{Type: pemCRL, Bytes: crl.Raw})}
+			}
+		}
+	}
+	return out, nil
 }
 
-// writeCRL signs and writes Dir/ca.crl listing every revoked client
-// certificate, with a CRL number one above the current file's. The caller
-// holds the lock.
-func (s *CertStore) writeCRL(ca *CA) error {
+// signerOf returns the CA of certificate c with its key: signing when its
+// key is c's, else the retired key kept in Dir/ca-retired/. The error
+// wraps [fs.ErrNotExist] when the store holds no key for c.
+func (s *CertStore) signerOf(c *x509.Certificate, signing *CA) (*CA, error) {
+	if keyMatches(c, signing.Key) {
+		return &CA{Cert: c, Key: signing.Key, CertPEM: pem.EncodeToMemory(&pem.Block{Type: pemCertificate, Bytes: c.Raw})}, nil
+	}
+	path := s.path(retiredDir, retiredName(c)+".key")
+	data, err := readPEM("retired CA key file", safefile.Key, path)
+	if err != nil {
+		return nil, fmt.Errorf("no key for CA %s: %w", c.Subject, err)
+	}
+	key, err := parseKeyPEM(data)
+	if err != nil {
+		return nil, fmt.Errorf("retired CA key file %q: %w", path, err)
+	}
+	if !keyMatches(c, key) {
+		return nil, fmt.Errorf("retired CA key file %q does not match CA %s: %w", path, c.Subject, ErrKeyMismatch)
+	}
+	return &CA{Cert: c, Key: key, CertPEM: pem.EncodeToMemory(&pem.Block{Type: pemCertificate, Bytes: c.Raw})}, nil
+}
+
+// writeCRLs writes Dir/ca.crl: one CRL per CA of the bundle, in bundle
+// order, each listing the revoked client certificates that CA issued (RFC
+// 5280 section 5). A CA's CRL is signed again, with a number one above its
+// previous one, when it has none yet or when resign returns true for it;
+// otherwise its current CRL is kept byte for byte. A CA whose key the store
+// does not hold keeps its current CRL, or goes without one (the gate then
+// looks its certificates up in every CRL, and warns). The caller holds the
+// lock.
+func (s *CertStore) writeCRLs(signing *CA, resign func(ca *x509.Certificate, old *x509.RevocationList) bool) error {
+	bundle, err := s.Bundle()
+	if err != nil {
+		return err
+	}
+	return s.writeCRLsFor(bundle, signing, resign)
+}
+
+// writeCRLsFor is writeCRLs for the CAs of bundle, which may differ from
+// the bundle on disk: the CRLs of other CAs are dropped.
+func (s *CertStore) writeCRLsFor(bundle []*x509.Certificate, signing *CA, resign func(ca *x509.Certificate, old *x509.RevocationList) bool) error {
 	certs, err := s.List()
 	if err != nil {
 		return err
 	}
-	var entries []x509.RevocationListEntry
-	for _, cc := range certs {
-		if cc.RevokedAt.IsZero() {
+	now := s.now()
+	old, readErr := s.readCRLs(bundle)
+	var out []byte
+	var signed []*x509.Certificate
+	for i, ca := range bundle {
+		// Two certificates of one key (a CA re-issued with its key) share
+		// a CRL: a second one would verify against both.
+		if slices.ContainsFunc(signed, func(c *x509.Certificate) bool { return samePublicKey(c, ca) }) {
 			continue
 		}
-		serial, ok := new(big.Int).SetString(cc.Serial, 16)
-		if !ok {
-			return fmt.Errorf("certificate %s: bad serial %q in %s", cc.ID, cc.Serial, metaName)
+		signed = append(signed, ca)
+		prev := old[i]
+		if prev != nil && !resign(ca, prev.crl) {
+			out = append(out, prev.pem...)
+			continue
 		}
-		entries = append(entries, x509.RevocationListEntry{SerialNumber: serial, RevocationTime: cc.RevokedAt})
+		signer, err := s.signerOf(ca, signing)
+		if err != nil {
+			if prev != nil {
+				out = append(out, prev.pem...)
+				continue
+			}
+			if errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
+			return err
+		}
+		var entries []x509.RevocationListEntry
+		for _, cc := range certs {
+			if cc.RevokedAt.IsZero() || !cc.IssuedBy(ca) {
+				continue
+			}
+			serial, ok := new(big.Int).SetString(cc.Serial, 16)
+			if !ok {
+				return fmt.Errorf("certificate %s: bad serial %q in %s", cc.ID, cc.Serial, metaName)
+			}
+			entries = append(entries, x509.RevocationListEntry{SerialNumber: serial, RevocationTime: cc.RevokedAt})
+		}
+		number := big.NewInt(1)
+		switch {
+		case prev != nil && prev.crl.Number != nil:
+			number.Add(prev.crl.Number, number)
+		case readErr != nil:
+			// An unreadable CRL file: a number from the clock still grows
+			// past any number a counter of ours has reached.
+			number.SetInt64(now.Unix())
+		}
+		crl, err := signer.CRL(entries, number, now.Add(-backdate), now.Add(crlValidity))
+		if err != nil {
+			return err
+		}
+		out = append(out, crl...)
 	}
-	now := s.now()
-	number := big.NewInt(1)
-	if old, err := s.readCRL(); err == nil && old.Number != nil {
-		number.Add(old.Number, number)
-	} else if err == nil || !errors.Is(err, fs.ErrNotExist) {
-		// An unreadable CRL: a number from the clock still grows past
-		// any number a counter of ours has reached.
-		number.SetInt64(now.Unix())
-	}
-	crl, err := ca.CRL(entries, number, now.Add(-backdate), now.Add(crlValidity))
-	if err != nil {
-		return err
-	}
-	if err := atomicfile.WriteFile(s.CRLFile(), crl, 0o644); err != nil {
+	if err := atomicfile.WriteFile(s.CRLFile(), out, 0o644); err != nil {
 		return fmt.Errorf("writing CRL: %w", err)
 	}
 	return nil
+}
+
+// Choices of writeCRLs' resign: every CA's CRL, or only those missing.
+func resignAll(*x509.Certificate, *x509.RevocationList) bool     { return true }
+func resignMissing(*x509.Certificate, *x509.RevocationList) bool { return false }
+
+// samePublicKey reports whether a and b certify the same public key.
+func samePublicKey(a, b *x509.Certificate) bool {
+	pub, ok := a.PublicKey.(interface{ Equal(crypto.PublicKey) bool })
+	return ok && pub.Equal(b.PublicKey)
 }

@@ -78,6 +78,20 @@ func (ts *testStore) verify(t *testing.T, id string) Reason {
 	return ReasonOK
 }
 
+// crlOf returns the CRL that ca signed in the store's CRL file, failing t
+// if there is none.
+func (ts *testStore) crlOf(t *testing.T, ca *x509.Certificate) *x509.RevocationList {
+	t.Helper()
+	crls, err := ts.readCRLs([]*x509.Certificate{ca})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if crls[0] == nil {
+		t.Fatalf("the CRL file holds no CRL of %s", ca.Subject)
+	}
+	return crls[0].crl
+}
+
 func parseChain(t *testing.T, pemData []byte) []*x509.Certificate {
 	t.Helper()
 	blocks, err := decodePEM(pemData)
@@ -104,10 +118,11 @@ func TestCertStoreInitCA(t *testing.T) {
 			t.Errorf("%q has mode %v, want %v", name, fi.Mode(), want)
 		}
 	}
-	crl, err := ts.readCRL()
+	signing, err := ts.CA()
 	if err != nil {
 		t.Fatal(err)
 	}
+	crl := ts.crlOf(t, signing.Cert)
 	if len(crl.RevokedCertificateEntries) != 0 || crl.Number.Int64() != 1 {
 		t.Errorf("new CRL lists %d entries with number %v, want none and number 1", len(crl.RevokedCertificateEntries), crl.Number)
 	}
@@ -255,7 +270,8 @@ func TestCertStoreRevoke(t *testing.T) {
 	ctx := context.Background()
 	a, _ := ts.Create(ctx, ClientRequest{Routes: []string{"db"}})
 	b, _ := ts.Create(ctx, ClientRequest{Routes: []string{"db"}})
-	before, _ := ts.readCRL()
+	ca, _ := ts.CA()
+	before := ts.crlOf(t, ca.Cert)
 	rc, err := ts.Revoke(ctx, a.ID)
 	if err != nil {
 		t.Fatal(err)
@@ -272,7 +288,7 @@ func TestCertStoreRevoke(t *testing.T) {
 	if r := ts.verify(t, b.ID); r != ReasonOK {
 		t.Errorf("revoking one certificate refused another: %v", r)
 	}
-	after, _ := ts.readCRL()
+	after := ts.crlOf(t, ca.Cert)
 	if after.Number.Cmp(before.Number) <= 0 {
 		t.Errorf("CRL number went from %v to %v, want it to grow", before.Number, after.Number)
 	}
@@ -331,14 +347,24 @@ func TestCertStoreRotateCA(t *testing.T) {
 		}
 	}
 
-	// A certificate of the old CA revoked after the rotation: the CRL is
-	// signed by the new CA and still refuses it.
+	// The new CA has a CRL of its own from the start.
+	newCRL := ts.crlOf(t, newCA.Cert)
+	if n := newCRL.Number.Int64(); n != 1 || len(newCRL.RevokedCertificateEntries) != 0 {
+		t.Errorf("new CA's first CRL: number %d with %d entries, want 1 and none", n, len(newCRL.RevokedCertificateEntries))
+	}
+	// A certificate of the old CA revoked after the rotation goes into the
+	// old CA's CRL, signed with the retired key; the new CA's is untouched.
+	oldBefore := ts.crlOf(t, oldCA.Cert)
 	if _, err := ts.Revoke(ctx, oldCert.ID); err != nil {
 		t.Fatal(err)
 	}
-	crl, _ := ts.readCRL()
-	if err := crl.CheckSignatureFrom(newCA.Cert); err != nil {
-		t.Errorf("CRL after rotation is not signed by the new CA: %v", err)
+	oldAfter := ts.crlOf(t, oldCA.Cert)
+	if oldAfter.Number.Cmp(oldBefore.Number) <= 0 || len(oldAfter.RevokedCertificateEntries) != 1 {
+		t.Errorf("old CA's CRL after revoking one of its certificates: number %v (was %v), %d entries; want a higher number and 1 entry",
+			oldAfter.Number, oldBefore.Number, len(oldAfter.RevokedCertificateEntries))
+	}
+	if got := ts.crlOf(t, newCA.Cert); !bytes.Equal(got.Raw, newCRL.Raw) {
+		t.Errorf("revoking an old-CA certificate signed the new CA's CRL again (number %v)", got.Number)
 	}
 	if r := ts.verify(t, oldCert.ID); r != ReasonCertRevoked {
 		t.Errorf("old-CA certificate revoked after rotation: %v, want %v", r, ReasonCertRevoked)
@@ -450,4 +476,108 @@ func TestNextGeneration(t *testing.T) {
 			t.Errorf("nextGeneration(%q) = %q, want %q", in, got, want)
 		}
 	}
+}
+
+func TestCertStorePruneCAs(t *testing.T) {
+	ctx := context.Background()
+	type setup struct {
+		ts            *testStore
+		oldCA, newCA  *CA
+		live, expires *ClientCert // of the old CA
+		fresh         *ClientCert // of the new CA
+	}
+	newSetup := func(t *testing.T) *setup {
+		ts := newTestStore(t)
+		st := &setup{ts: ts}
+		st.oldCA, _ = ts.CA()
+		var err error
+		if st.live, err = ts.Create(ctx, ClientRequest{Routes: []string{"db"}}); err != nil {
+			t.Fatal(err)
+		}
+		if st.expires, err = ts.Create(ctx, ClientRequest{Routes: []string{"db"}, ValidFor: time.Hour}); err != nil {
+			t.Fatal(err)
+		}
+		if st.newCA, err = ts.RotateCA(ctx, CAOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if st.fresh, err = ts.Create(ctx, ClientRequest{Routes: []string{"db"}}); err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	liveIDs := func(p *Pruned) []string {
+		var ids []string
+		for _, l := range p.Live {
+			ids = append(ids, l.Cert.ID)
+		}
+		return ids
+	}
+
+	t.Run("refused while old-CA certificates live", func(t *testing.T) {
+		st := newSetup(t)
+		before, _ := os.ReadFile(st.ts.CAFile())
+		p, err := st.ts.PruneCAs(ctx, false)
+		if !errors.Is(err, ErrCAInUse) {
+			t.Fatalf("PruneCAs = %v, want ErrCAInUse", err)
+		}
+		// The store's clock stands still, so List orders them by id.
+		got, want := liveIDs(p), []string{st.live.ID, st.expires.ID}
+		slices.Sort(got)
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
+			t.Errorf("live certificates %v, want %v", got, want)
+		}
+		if len(p.Removed) != 0 {
+			t.Errorf("refused prune reports %d CAs removed", len(p.Removed))
+		}
+		if after, _ := os.ReadFile(st.ts.CAFile()); !bytes.Equal(before, after) {
+			t.Error("refused prune changed the bundle")
+		}
+	})
+
+	t.Run("once revoked or expired", func(t *testing.T) {
+		st := newSetup(t)
+		if _, err := st.ts.Revoke(ctx, st.live.ID); err != nil {
+			t.Fatal(err)
+		}
+		st.ts.setNow(time.Now().Add(2 * time.Hour))
+		p, err := st.ts.PruneCAs(ctx, false)
+		if err != nil {
+			t.Fatalf("PruneCAs: %v", err)
+		}
+		if len(p.Removed) != 1 || !p.Removed[0].Equal(st.oldCA.Cert) || len(p.Kept) != 1 || !p.Kept[0].Equal(st.newCA.Cert) || p.Forced {
+			t.Errorf("Pruned = %+v, want the old CA removed and the new one kept", p)
+		}
+		if b, _ := st.ts.Bundle(); len(b) != 1 || !b[0].Equal(st.newCA.Cert) {
+			t.Errorf("bundle after prune holds %d CAs, want the new CA alone", len(b))
+		}
+		crls, _ := st.ts.readCRLs([]*x509.Certificate{st.oldCA.Cert, st.newCA.Cert})
+		if crls[0] != nil || crls[1] == nil {
+			t.Errorf("CRL file after prune: old CA's CRL %v, new CA's %v; want only the new one", crls[0] != nil, crls[1] != nil)
+		}
+		// The gate loads the result; the old CA's certificates are foreign.
+		if r := st.ts.verify(t, st.live.ID); r != ReasonCertUntrusted {
+			t.Errorf("old-CA certificate after prune: %v, want %v", r, ReasonCertUntrusted)
+		}
+		if r := st.ts.verify(t, st.fresh.ID); r != ReasonOK {
+			t.Errorf("new-CA certificate after prune: %v, want ok", r)
+		}
+		if p, err := st.ts.PruneCAs(ctx, false); err != nil || len(p.Removed) != 0 {
+			t.Errorf("second prune: %+v, %v; want nothing to do", p, err)
+		}
+	})
+
+	t.Run("force", func(t *testing.T) {
+		st := newSetup(t)
+		p, err := st.ts.PruneCAs(ctx, true)
+		if err != nil {
+			t.Fatalf("PruneCAs(force): %v", err)
+		}
+		if !p.Forced || len(p.Removed) != 1 || len(p.Live) != 2 {
+			t.Errorf("Pruned = %+v, want forced, 1 CA removed, 2 live certificates named", p)
+		}
+		if r := st.ts.verify(t, st.live.ID); r != ReasonCertUntrusted {
+			t.Errorf("old-CA certificate after a forced prune: %v, want %v", r, ReasonCertUntrusted)
+		}
+	})
 }

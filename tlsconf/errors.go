@@ -28,9 +28,16 @@ var (
 	// (basic constraints CA:FALSE).
 	ErrNotCA = errors.New("certificate is not a CA certificate")
 
-	// ErrCRLNotSigned means a CRL is signed by none of the CAs it is used
-	// with.
-	ErrCRLNotSigned = errors.New("CRL is not signed by any CA in the client CA bundle")
+	// ErrCRLNotSigned means a CRL names a CA of the client CA bundle as
+	// its issuer but its signature does not verify against that CA.
+	ErrCRLNotSigned = errors.New("CRL signature does not verify")
+
+	// ErrCRLUnknownIssuer means a CRL is signed by no CA of the client CA
+	// bundle.
+	ErrCRLUnknownIssuer = errors.New("CRL issuer is not a CA of the client CA bundle")
+
+	// ErrCRLDuplicate means a CRL file holds two CRLs of one CA.
+	ErrCRLDuplicate = errors.New("more than one CRL for a CA; keep one CRL per CA")
 
 	// ErrTLSVersion means a TLS version is not one spacegate accepts.
 	ErrTLSVersion = errors.New("unsupported TLS version")
@@ -40,7 +47,7 @@ var (
 	ErrCACertificate = errors.New("client certificate is a CA certificate")
 
 	// ErrRevoked is the Err of a [VerifyError] whose client certificate's
-	// serial number is listed in the CRL.
+	// serial number is listed in the CRL of its issuer.
 	ErrRevoked = errors.New("certificate serial number is listed in the CRL")
 
 	// ErrWeakKey is matched by the Err of a [VerifyError] whose client

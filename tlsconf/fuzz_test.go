@@ -17,26 +17,28 @@ import (
 // FuzzLoadCRL fuzzes what Load does with the bytes of a CRL file.
 func FuzzLoadCRL(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
-		crl, err := parseCRL(data)
+		crls, err := parseCRLs(data)
 		if err != nil {
-			if crl != nil {
-				t.Fatalf("CRL returned with error %v", err)
+			if crls != nil {
+				t.Fatalf("CRLs returned with error %v", err)
 			}
 			return
 		}
-		if crl == nil {
-			t.Fatal("nil CRL without error")
+		if len(crls) == 0 {
+			t.Fatal("no CRL without error")
 		}
-		for _, e := range crl.RevokedCertificateEntries {
-			_ = FormatSerial(e.SerialNumber)
-		}
-		// A CRL read from PEM is the same CRL when read from its DER.
-		again, err := parseCRL(crl.Raw)
-		if err != nil {
-			t.Fatalf("CRL parsed from PEM does not parse from its DER: %v", err)
-		}
-		if !bytes.Equal(again.Raw, crl.Raw) {
-			t.Fatal("CRL parsed from its own DER differs")
+		for _, crl := range crls {
+			for _, e := range crl.RevokedCertificateEntries {
+				_ = FormatSerial(e.SerialNumber)
+			}
+			// A CRL read from PEM is the same CRL when read from its DER.
+			again, err := parseCRLs(crl.Raw)
+			if err != nil {
+				t.Fatalf("CRL parsed from PEM does not parse from its DER: %v", err)
+			}
+			if len(again) != 1 || !bytes.Equal(again[0].Raw, crl.Raw) {
+				t.Fatal("CRL parsed from its own DER differs")
+			}
 		}
 	})
 }

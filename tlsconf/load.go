@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io/fs"
 	"slices"
-	"time"
 
 	"github.com/spacegate/spacegate/internal/safefile"
 )
@@ -20,7 +19,7 @@ type Files struct {
 	CertFile     string // server certificate, leaf first, then any intermediates
 	KeyFile      string // the server certificate's private key, unencrypted
 	ClientCAFile string // every CA whose client certificates are trusted
-	CRLFile      string // CRL in PEM ("X509 CRL") or DER, signed by a CA of ClientCAFile
+	CRLFile      string // CRLs in PEM ("X509 CRL"), one per CA of ClientCAFile, or one CRL in DER
 }
 
 // Material is loaded, validated TLS state. It is immutable once returned by
@@ -36,15 +35,14 @@ type Material struct {
 	// ClientCAs is a pool of CAs.
 	ClientCAs *x509.CertPool
 
-	// CRL is the revocation list, or nil when no CRL file was given.
-	CRL *x509.RevocationList
+	// CRLs holds the CRLs of the CRL file, in file order, each with the CA
+	// that signed it; nil when no CRL file was given. A client
+	// certificate's serial is looked up in the CRL of the CA that issued
+	// it (see [Material.CAsWithoutCRL] for a CA that has none).
+	CRLs []*IssuerCRL
 
-	// revoked maps FormatSerial of each CRL entry to its revocation time,
-	// so Verify looks a serial up without walking the list. It is keyed by
-	// serial alone, not issuer and serial: the CRL's own issuer is one of
-	// our CAs, serials are random 128-bit numbers, and a false match refuses
-	// a certificate where a missed one would admit it.
-	revoked map[string]time.Time
+	// crlOf holds, parallel to CAs, the CRL of each CA or nil.
+	crlOf []*IssuerCRL
 
 	// cache holds chains Verify accepted. It changes no result, so
 	// Material is still immutable as far as its users can tell. Nil (in a
@@ -56,9 +54,10 @@ type Material struct {
 // after a failure and returns all problems found, joined with [errors.Join],
 // each naming its file. It checks that the key matches the certificate, that
 // the client CA file holds at least one certificate and only CA
-// certificates, and that the CRL is signed by one of those CAs. It does not
-// reject expired certificates or a CRL past its NextUpdate: refusing to start
-// would turn a renewal that is merely late into an outage.
+// certificates, and that each CRL of the CRL file is signed by a CA of the
+// bundle, at most one CRL per CA. It does not reject expired certificates or
+// a CRL past its NextUpdate: refusing to start would turn a renewal that is
+// merely late into an outage.
 func Load(f Files) (*Material, error) {
 	var errs []error
 	cert, err := loadKeyPair(f.CertFile, f.KeyFile)
@@ -69,23 +68,16 @@ func Load(f Files) (*Material, error) {
 	if err != nil {
 		errs = append(errs, err)
 	}
-	var crl *x509.RevocationList
+	var crls, crlOf []*IssuerCRL
 	if f.CRLFile != "" {
-		if crl, err = loadCRL(f.CRLFile, f.ClientCAFile, cas); err != nil {
+		if crls, crlOf, err = loadCRLs(f.CRLFile, f.ClientCAFile, cas); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
-	m := &Material{Certificate: cert, CAs: cas, ClientCAs: pool, CRL: crl, cache: newVerifyCache()}
-	if crl != nil && len(crl.RevokedCertificateEntries) > 0 {
-		m.revoked = make(map[string]time.Time, len(crl.RevokedCertificateEntries))
-		for _, e := range crl.RevokedCertificateEntries {
-			m.revoked[FormatSerial(e.SerialNumber)] = e.RevocationTime
-		}
-	}
-	return m, nil
+	return &Material{Certificate: cert, CAs: cas, ClientCAs: pool, CRLs: crls, crlOf: crlOf, cache: newVerifyCache()}, nil
 }
 
 // readPEM reads the file at path, of at most lim.Max bytes, for
@@ -160,25 +152,20 @@ func loadCAs(path string) ([]*x509.Certificate, *x509.CertPool, error) {
 	return cas, pool, nil
 }
 
-// loadCRL loads a CRL and checks that one of cas signed it. With no cas (the
-// bundle failed to load, which is reported on its own) the signature is not
-// checked.
-func loadCRL(path, caFile string, cas []*x509.Certificate) (*x509.RevocationList, error) {
+// loadCRLs loads a CRL file and matches each of its CRLs to the CA of cas
+// that signed it. With no cas (the bundle failed to load, which is reported
+// on its own) the CRLs are only parsed.
+func loadCRLs(path, caFile string, cas []*x509.Certificate) ([]*IssuerCRL, []*IssuerCRL, error) {
 	data, err := readPEM("CRL file", safefile.CRL, path)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	crl, err := parseCRL(data)
+	crls, err := parseCRLs(data)
 	if err != nil {
-		return nil, fmt.Errorf("CRL file %q: %w", path, err)
+		return nil, nil, fmt.Errorf("CRL file %q: %w", path, err)
 	}
 	if len(cas) == 0 {
-		return crl, nil
+		return nil, nil, nil
 	}
-	for _, ca := range cas {
-		if crl.CheckSignatureFrom(ca) == nil {
-			return crl, nil
-		}
-	}
-	return nil, fmt.Errorf("CRL file %q (issuer %s) does not match client CA file %q: %w", path, crl.Issuer, caFile, ErrCRLNotSigned)
+	return matchCRLs(crls, cas, path, caFile)
 }

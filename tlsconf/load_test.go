@@ -173,7 +173,7 @@ func TestLoad(t *testing.T) {
 			edit: func(t *testing.T, dir string, f *Files) {
 				f.CRLFile = writeFile(t, dir, "ca.crl", mustCRL(t, foreign, time.Now()))
 			},
-			wantErrs: []error{ErrCRLNotSigned},
+			wantErrs: []error{ErrCRLUnknownIssuer},
 			wantText: []string{"ca.crl", "CN=foreign CA"},
 		},
 		{
@@ -243,7 +243,7 @@ func checkMaterial(t *testing.T, m *Material, f Files) {
 	if len(m.CAs) != 2 || m.ClientCAs == nil {
 		t.Errorf("CAs: %d, pool %v; want 2 and a pool", len(m.CAs), m.ClientCAs)
 	}
-	if (f.CRLFile == "") != (m.CRL == nil) {
-		t.Errorf("CRL = %v with CRLFile %q", m.CRL, f.CRLFile)
+	if (f.CRLFile == "") != (len(m.CRLs) == 0) {
+		t.Errorf("%d CRLs with CRLFile %q", len(m.CRLs), f.CRLFile)
 	}
 }

@@ -48,30 +48,36 @@ func parseCAsPEM(data []byte) ([]*x509.Certificate, *x509.CertPool, error) {
 	return cas, pool, nil
 }
 
-// parseCRL parses a CRL file: the first "X509 CRL" block of a PEM file, or
-// DER when data holds no PEM BEGIN line.
-func parseCRL(data []byte) (*x509.RevocationList, error) {
-	der := data
-	if bytes.Contains(data, []byte("-----BEGIN ")) {
-		blocks, err := decodePEM(data)
+// parseCRLs parses a CRL file: every "X509 CRL" block of a PEM file, in
+// file order (one per CA of the bundle, as `spacegate ca` writes it), or one
+// DER CRL when data holds no PEM BEGIN line. Blocks of other types are
+// ignored, but there must be at least one CRL.
+func parseCRLs(data []byte) ([]*x509.RevocationList, error) {
+	if !bytes.Contains(data, []byte("-----BEGIN ")) {
+		crl, err := x509.ParseRevocationList(data)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("want PEM %q blocks or DER: %w", pemCRL, err)
 		}
-		der = nil
-		for _, b := range blocks {
-			if b.Type == pemCRL {
-				der = b.Bytes
-				break
-			}
-		}
-		if der == nil {
-			// decodePEM returns a block per BEGIN line, so there is one.
-			return nil, fmt.Errorf("no %q PEM block (found %q)", pemCRL, blocks[0].Type)
-		}
+		return []*x509.RevocationList{crl}, nil
 	}
-	crl, err := x509.ParseRevocationList(der)
+	blocks, err := decodePEM(data)
 	if err != nil {
-		return nil, fmt.Errorf("want a PEM %q block or DER: %w", pemCRL, err)
+		return nil, err
 	}
-	return crl, nil
+	var crls []*x509.RevocationList
+	for _, b := range blocks {
+		if b.Type != pemCRL {
+			continue
+		}
+		crl, err := x509.ParseRevocationList(b.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("CRL %d: %w", len(crls)+1, err)
+		}
+		crls = append(crls, crl)
+	}
+	if len(crls) == 0 {
+		// decodePEM returns a block per BEGIN line, so there is one.
+		return nil, fmt.Errorf("no %q PEM block (found %q)", pemCRL, blocks[0].Type)
+	}
+	return crls, nil
 }

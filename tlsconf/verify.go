@@ -153,7 +153,9 @@ func formatTime(t time.Time) string { return t.UTC().Format(time.RFC3339) }
 // no extended key usage at all, which RFC 5280 reads as any); it is not a CA
 // itself; its key is strong enough (RSA of at least 2048 bits, ECDSA on
 // P-256, P-384 or P-521, or Ed25519); now is within its validity; neither it
-// nor an intermediate of its chain is listed in the CRL.
+// nor an intermediate of its chain is listed in the CRL of the CA that
+// issued it (RFC 5280: a serial number names a certificate only under its
+// issuer).
 //
 // To tell "not signed by us" from "expired", the chain is built at now
 // clamped into the leaf's validity, and the leaf's dates are checked against
@@ -218,8 +220,8 @@ func (m *Material) Verify(chain []*x509.Certificate, now time.Time) (Identity, e
 			Detail: fmt.Sprintf("current time %s is after %s", formatTime(now), formatTime(leaf.NotAfter)),
 		}}
 	}
-	if len(m.revoked) > 0 {
-		if at, ok := m.revoked[id.Serial]; ok {
+	if len(m.CRLs) > 0 {
+		if at, ok := m.revokedLeaf(id.Serial, chains); ok {
 			return id, &VerifyError{Reason: ReasonCertRevoked, Identity: id, Err: ErrRevoked, RevokedAt: at}
 		}
 		if at, err := m.revokedIntermediate(chains); err != nil {
@@ -229,16 +231,33 @@ func (m *Material) Verify(chain []*x509.Certificate, now time.Time) (Identity, e
 	return id, nil
 }
 
+// revokedLeaf looks the leaf's serial up in the CRL of its issuer, the
+// second certificate of each chain. The leaf is revoked if the CRL of the
+// issuer of any chain lists it.
+func (m *Material) revokedLeaf(serial string, chains [][]*x509.Certificate) (time.Time, bool) {
+	for _, ch := range chains {
+		var issuer *x509.Certificate
+		if len(ch) > 1 {
+			issuer = ch[1]
+		}
+		if at, ok := m.revokedUnder(issuer, serial); ok {
+			return at, true
+		}
+	}
+	return time.Time{}, false
+}
+
 // revokedIntermediate returns an error if every chain passes through an
-// intermediate CA listed in the CRL. Roots are not looked up: removing a CA
-// from the bundle is how a root is withdrawn.
+// intermediate CA listed in the CRL of the CA that issued it. Roots are not
+// looked up: removing a CA from the bundle is how a root is withdrawn.
 func (m *Material) revokedIntermediate(chains [][]*x509.Certificate) (time.Time, error) {
 	var first error
 	var firstAt time.Time
 	for _, ch := range chains {
 		clean := true
-		for _, c := range ch[1 : len(ch)-1] {
-			if at, ok := m.revoked[FormatSerial(c.SerialNumber)]; ok {
+		for i := 1; i < len(ch)-1; i++ {
+			c := ch[i]
+			if at, ok := m.revokedUnder(ch[i+1], FormatSerial(c.SerialNumber)); ok {
 				if first == nil {
 					first = fmt.Errorf("intermediate CA %s (serial %s): %w", c.Subject, FormatSerial(c.SerialNumber), ErrRevoked)
 					firstAt = at

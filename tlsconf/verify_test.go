@@ -225,7 +225,7 @@ func BenchmarkVerify(b *testing.B) {
 	p := newTestPKI(b)
 	client := mustIssue(b, p.ca, IssueRequest{CommonName: "alice"})
 	cached := p.load(b, mustCRL(b, p.ca, time.Now(), mustIssue(b, p.ca, IssueRequest{CommonName: "eve"})))
-	uncached := &Material{ClientCAs: cached.ClientCAs, CAs: cached.CAs, CRL: cached.CRL, revoked: cached.revoked}
+	uncached := &Material{ClientCAs: cached.ClientCAs, CAs: cached.CAs, CRLs: cached.CRLs, crlOf: cached.crlOf}
 	chain := []*x509.Certificate{client.Cert}
 	now := time.Now()
 	for _, bb := range []struct {

@@ -33,9 +33,9 @@ func TestAdminWorkflow(t *testing.T) {
 	e := newAdminEnv(t, pg.Addr, "127.0.0.1:1")
 	_, port, _ := net.SplitHostPort(e.pg)
 
-	// With the gate down, a rule's status says so.
+	// With the gate down, a rule's status says so, and the exit status.
 	var lo ruleView
-	e.mustJSON(t, &lo, "ip-rules", "create", "db", "--cidr", "127.0.0.1/32", "--description", "loopback")
+	e.mustJSONCode(t, exitWait, &lo, "ip-rules", "create", "db", "--cidr", "127.0.0.1/32", "--description", "loopback")
 	if lo.Status != ruleUnreachable {
 		t.Errorf("rule created with the gate down has status %q, want %q", lo.Status, ruleUnreachable)
 	}
@@ -128,8 +128,8 @@ func TestAdminWorkflow(t *testing.T) {
 		}
 	}
 	g.stop(t)
-	if code, _, _ := e.run(t, "ip-rules", "get", "db", "--id", lo.ID); code != exitOK {
-		t.Errorf("ip-rules get with the gate down: exit %d, want 0", code)
+	if code, stdout, _ := e.run(t, "ip-rules", "get", "db", "--id", lo.ID); code != exitWait || !strings.Contains(stdout, "status: "+ruleUnreachable) {
+		t.Errorf("ip-rules get with the gate down: exit %d, want 3 (not known to be in force)\n%s", code, stdout)
 	}
 }
 

@@ -81,9 +81,16 @@ func (e *adminEnv) run(t *testing.T, args ...string) (code int, stdout, stderr s
 // mustRun runs a command that must succeed and returns its stdout.
 func (e *adminEnv) mustRun(t *testing.T, args ...string) string {
 	t.Helper()
+	return e.mustRunCode(t, exitOK, args...)
+}
+
+// mustRunCode runs a command that must exit with want and returns its
+// stdout: exitWait for a change made while no gate runs to confirm it.
+func (e *adminEnv) mustRunCode(t *testing.T, want int, args ...string) string {
+	t.Helper()
 	code, stdout, stderr := e.run(t, args...)
-	if code != exitOK {
-		t.Fatalf("spacegate %s: exit code %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), code, stdout, stderr)
+	if code != want {
+		t.Fatalf("spacegate %s: exit code %d, want %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), code, want, stdout, stderr)
 	}
 	return stdout
 }
@@ -91,7 +98,13 @@ func (e *adminEnv) mustRun(t *testing.T, args ...string) string {
 // mustJSON runs a command with --json and decodes its output into v.
 func (e *adminEnv) mustJSON(t *testing.T, v any, args ...string) {
 	t.Helper()
-	out := e.mustRun(t, append(args, "--json")...)
+	e.mustJSONCode(t, exitOK, v, args...)
+}
+
+// mustJSONCode is mustJSON for a command that must exit with want.
+func (e *adminEnv) mustJSONCode(t *testing.T, want int, v any, args ...string) {
+	t.Helper()
+	out := e.mustRunCode(t, want, append(args, "--json")...)
 	if err := json.Unmarshal([]byte(out), v); err != nil {
 		t.Fatalf("spacegate %s --json printed no JSON (%v):\n%s", strings.Join(args, " "), err, out)
 	}

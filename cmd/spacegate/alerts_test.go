@@ -74,12 +74,27 @@ func TestAlertRules(t *testing.T) {
 			}
 		}
 	}
-	for _, m := range []string{"spacegate_cert_expiry_timestamp_seconds", "spacegate_client_cert_expiry_timestamp_seconds", "spacegate_reloads_total"} {
+	for _, m := range []string{"spacegate_cert_expiry_timestamp_seconds", "spacegate_client_cert_expiry_timestamp_seconds",
+		"spacegate_config_last_reload_successful", "spacegate_route_rules_info", "spacegate_config_info", "spacegate_crl_next_update_timestamp_seconds"} {
 		if !used[m] {
 			t.Errorf("no alert uses %s", m)
 		}
 	}
 	if !seen["SpacegateDown"] {
 		t.Errorf("no alert for a gate that is down")
+	}
+	// Every alert has a promtool unit test (.ci/run runs them).
+	tests, err := os.ReadFile("../../deploy/prometheus/alerts_test.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tested := map[string]bool{}
+	for _, m := range regexp.MustCompile(`(?m)^\s*alertname: (\S+)`).FindAllStringSubmatch(string(tests), -1) {
+		tested[m[1]] = true
+	}
+	for a := range seen {
+		if !tested[a] {
+			t.Errorf("alert %s has no test in deploy/prometheus/alerts_test.yaml", a)
+		}
 	}
 }

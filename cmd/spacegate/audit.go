@@ -20,7 +20,7 @@ type auditEntry struct {
 	Time        time.Time `json:"time"`
 	User        string    `json:"user"`
 	SudoUser    string    `json:"sudo_user,omitempty"` // the person behind sudo
-	Action      string    `json:"action"`              // ca.init, ca.rotate, cert.create, cert.download, cert.revoke, cert.rotate, ip_rule.create, ip_rule.delete
+	Action      string    `json:"action"`              // ca.init, ca.rotate, ca.prune, cert.create, cert.download, cert.revoke, cert.rotate, ip_rule.create, ip_rule.delete
 	Route       string    `json:"route,omitempty"`
 	Routes      []string  `json:"routes,omitempty"`
 	ID          string    `json:"id,omitempty"`

@@ -28,7 +28,7 @@ type caFlags struct {
 }
 
 func newCACmd() *cobra.Command {
-	return newGroupCmd("ca", "Create and rotate the space CA", newCAInitCmd(), newCARotateCmd())
+	return newGroupCmd("ca", "Create, rotate and prune the space CA", newCAInitCmd(), newCARotateCmd(), newCAPruneCmd())
 }
 
 func newCAInitCmd() *cobra.Command {
@@ -59,7 +59,9 @@ func newCARotateCmd() *cobra.Command {
 		Short: "Add a new signing CA to the bundle, beside the old one",
 		Long: "Make a new space CA and put it first in ca.crt, beside the CAs already there, so that the gate\n" +
 			"trusts certificates of both: nothing stops working. New client certificates are signed by the\n" +
-			"new CA, and so is the CRL. The old CA's key is kept in pki.dir/ca-retired/.",
+			"new CA, and ca.crl gains the new CA's own CRL beside the old one's (one CRL per CA). The old CA's\n" +
+			"key is kept in pki.dir/ca-retired/, to sign its CRL. Once every certificate of the old CA is\n" +
+			"replaced, revoked or expired, end the rotation with: spacegate ca prune",
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runCARotate(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), f)
@@ -162,8 +164,8 @@ func runCARotate(ctx context.Context, w, errW io.Writer, f caFlags) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "created space CA %q (%s, expires %s); it signs new certificates and the CRL from now on\n",
-		ca.Cert.Subject.CommonName, describeKey(ca.Cert), showTime(ca.Cert.NotAfter))
+	fmt.Fprintf(w, "created space CA %q (%s, expires %s); it signs new certificates from now on, and %s holds its CRL\n",
+		ca.Cert.Subject.CommonName, describeKey(ca.Cert), showTime(ca.Cert.NotAfter), store.CRLFile())
 	fmt.Fprintf(w, "%s now trusts %d CAs:\n", store.CAFile(), len(bundle))
 	tw := newTable(w)
 	now := time.Now()
@@ -180,7 +182,7 @@ func runCARotate(ctx context.Context, w, errW io.Writer, f caFlags) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	fmt.Fprintln(w, "certificates of the old CA keep working; replace them with `spacegate certs create` at your pace")
+	fmt.Fprintln(w, "certificates of the old CA keep working; replace them with `spacegate certs create` at your pace,\nthen remove the old CA with `spacegate ca prune`")
 	if e != nil {
 		e.pkiNotes(errW)
 	}

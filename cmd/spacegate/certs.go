@@ -2,17 +2,22 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	sgadmin "github.com/spacegate/spacegate/admin"
 	"github.com/spacegate/spacegate/config"
 	"github.com/spacegate/spacegate/tlsconf"
 )
@@ -108,24 +113,36 @@ func newCertsDownloadCmd() *cobra.Command {
 }
 
 func newCertsRevokeCmd() *cobra.Command {
-	var config, id string
-	var asJSON bool
+	var f revokeFlags
+	var id string
 	cmd := &cobra.Command{
 		Use:   "revoke ROUTE --id ID",
 		Short: "Revoke a client certificate",
-		Long:  "Revoke a client certificate: write a new CRL listing it, which the running gate picks up.",
-		Args:  exactArgs(1, "one argument, ROUTE"),
+		Long: "Revoke a client certificate: write a new CRL listing it, which the running gates pick up.\n" +
+			"It shows \"revoking (2/3; not yet: URL)\" until every replica of admin.fleet has a CRL of that\n" +
+			"issuer with the new CRL number in force on the route, then \"revoked (3/3 replicas)\".\n" + exitCodesHelp,
+		Args: exactArgs(1, "one argument, ROUTE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := requireFlags(cmd, "id"); err != nil {
 				return err
 			}
-			return runCertsRevoke(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), config, args[0], id, asJSON)
+			return runCertsRevoke(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), f, args[0], id)
 		},
 	}
-	configFlag(cmd, &config)
+	configFlag(cmd, &f.config)
 	cmd.Flags().StringVar(&id, "id", "", "the certificate's id, from `spacegate certs list`")
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.Flags().BoolVar(&f.json, "json", false, "print JSON")
+	cmd.Flags().StringVar(&f.admin, "admin", "", "admin endpoint of a running gate, to see the CRL in force (default from admin.listen)")
+	adminTokenFlag(cmd, &f.tokenFile)
+	waitFlag(cmd, &f.wait, changeWait)
 	return cmd
+}
+
+// revokeFlags are the flags of certs revoke.
+type revokeFlags struct {
+	config, admin, tokenFile string
+	json                     bool
+	wait                     time.Duration
 }
 
 func newCertsRotateCmd() *cobra.Command {
@@ -385,12 +402,16 @@ func downloadBundle(e *env, route *config.Route, id, dir, prefix string, pkcs8 b
 	return files, nil
 }
 
-func runCertsRevoke(ctx context.Context, w, errW io.Writer, config, routeName, id string, asJSON bool) error {
-	e, err := loadEnv(config)
+func runCertsRevoke(ctx context.Context, w, errW io.Writer, f revokeFlags, routeName, id string) error {
+	e, err := loadEnv(f.config)
 	if err != nil {
 		return err
 	}
 	if _, err := e.routeCert(routeName, id); err != nil {
+		return err
+	}
+	gate, err := newGateAdmin(e.adminURL(f.admin), f.tokenFile, e.cfg)
+	if err != nil {
 		return err
 	}
 	cc, err := e.store.Revoke(ctx, id)
@@ -403,13 +424,87 @@ func runCertsRevoke(ctx context.Context, w, errW io.Writer, config, routeName, i
 	if err := audit(ctx, e.pkiDir, auditEntry{Action: "cert.revoke", Route: routeName, ID: cc.ID, Serial: cc.Serial}); err != nil {
 		return err
 	}
-	if asJSON {
-		return writeJSON(w, viewCert(cc, time.Now()))
+	want, err := crlNumbers(e.store.CRLFile())
+	if err != nil {
+		return err
 	}
-	fmt.Fprintf(w, "revoked certificate %s (serial %s) at %s\nwrote %s; the gate refuses the certificate once it has loaded it\n",
-		cc.ID, cc.Serial, showTime(cc.RevokedAt), e.store.CRLFile())
-	e.pkiNotes(errW)
-	return nil
+	fw := awaitFleet(ctx, gate, f.wait, func(r sgadmin.Replica) bool { return servesCRLs(r, routeName, want) })
+	state := fw.unknown
+	if state == "" {
+		state = crlRevoking
+		if fw.progress.done() {
+			state = crlRevoked
+		}
+	}
+	if f.json {
+		v := struct {
+			certView
+			Status   string         `json:"status"`
+			Replicas *fleetProgress `json:"replicas,omitempty"`
+		}{viewCert(cc, time.Now()), state, fw.replicas()}
+		if err := writeJSON(w, v); err != nil {
+			return err
+		}
+	} else {
+		fmt.Fprintf(w, "revoked certificate %s (serial %s) at %s\nwrote %s\nstatus: %s\n",
+			cc.ID, cc.Serial, showTime(cc.RevokedAt), e.store.CRLFile(), fw.state(crlRevoked, crlRevoking))
+		e.pkiNotes(errW)
+	}
+	return fw.err("revocation of "+cc.ID, f.wait)
+}
+
+// States of a revocation on the fleet.
+const (
+	crlRevoking = "revoking" // the new CRL is written, not yet in force everywhere
+	crlRevoked  = "revoked"  // every replica has it in force
+)
+
+// crlNumbers returns the issuer (as the gate names it) and number of each
+// CRL in file: one, or one per issuer of the bundle.
+func crlNumbers(file string) (map[string]*big.Int, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]*big.Int{}
+	for {
+		var b *pem.Block
+		b, data = pem.Decode(data)
+		if b == nil {
+			break
+		}
+		if b.Type != "X509 CRL" {
+			continue
+		}
+		crl, err := x509.ParseRevocationList(b.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", file, err)
+		}
+		if crl.Number != nil {
+			out[crl.Issuer.String()] = crl.Number
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%s holds no numbered CRL", file)
+	}
+	return out, nil
+}
+
+// servesCRLs reports whether replica r has, on route, for each issuer of
+// want, a CRL numbered at least as want says.
+func servesCRLs(r sgadmin.Replica, route string, want map[string]*big.Int) bool {
+	crls := r.Routes[route].CRLs
+	for issuer, n := range want {
+		i := slices.IndexFunc(crls, func(c sgadmin.CRL) bool { return c.Issuer == issuer })
+		if i < 0 {
+			return false
+		}
+		got, ok := new(big.Int).SetString(crls[i].Number, 10)
+		if !ok || got.Cmp(n) < 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // renewalView is one replaced certificate, as certs rotate prints it.

@@ -300,3 +300,17 @@ func TestHelmChartConfig(t *testing.T) {
 		})
 	}
 }
+
+// TestDashboardFleetPanel: the dashboard shows the fingerprint of each
+// replica and the rules digest per route and replica, so that drift is
+// seen at a glance.
+func TestDashboardFleetPanel(t *testing.T) {
+	var fingerprints, digests bool
+	for _, e := range dashboardExprs(t) {
+		fingerprints = fingerprints || strings.Contains(e, "by (instance, fingerprint) (spacegate_config_info")
+		digests = digests || strings.Contains(e, "by (route, instance, digest) (spacegate_route_rules_info")
+	}
+	if !fingerprints || !digests {
+		t.Errorf("dashboard: fingerprint per replica %v, rules digest per replica %v; want both", fingerprints, digests)
+	}
+}

@@ -73,6 +73,10 @@ func newGateAdmin(base, flag string, cfg *config.Config) (gateAdmin, error) {
 // errAdminToken is a 401 from the admin endpoint.
 var errAdminToken = errors.New("the gate's admin endpoint wants its token")
 
+// errNotFound is a 404 from the admin endpoint: a path an older gate does
+// not serve.
+var errNotFound = errors.New("not served by this gate")
+
 // get returns the body of path, bounded to 64 MiB (far beyond a gate's
 // /v1/status). A 401 is errAdminToken, with a hint to pass the token.
 func (g gateAdmin) get(ctx context.Context, path string) ([]byte, error) {
@@ -99,6 +103,8 @@ func (g gateAdmin) get(ctx context.Context, path string) ([]byte, error) {
 	case resp.StatusCode == http.StatusUnauthorized:
 		return nil, withHint(fmt.Errorf("%s%s: %s: the gate refused the admin token of %s: %w", g.base, path, resp.Status, g.tokenFile, errAdminToken),
 			"is %s the file of the gate's admin.token_file, and did the gate reload since it changed?", g.tokenFile)
+	case resp.StatusCode == http.StatusNotFound:
+		return nil, fmt.Errorf("%s%s: %s: %w", g.base, path, resp.Status, errNotFound)
 	case resp.StatusCode != http.StatusOK:
 		return nil, fmt.Errorf("%s%s: %s", g.base, path, resp.Status)
 	}
@@ -164,34 +170,4 @@ func (g gateRules) status(route, id string) string {
 		return ruleAuthorized
 	}
 	return ruleAuthorizing
-}
-
-// deletedStatus returns the state of rule id of route after it was removed
-// from the rules file.
-func (g gateRules) deletedStatus(route, id string) string {
-	if g.unknown != "" {
-		return g.unknown
-	}
-	if slices.Contains(g.byRoute[route], id) {
-		return ruleDeleting
-	}
-	return ruleDeleted
-}
-
-// awaitRule polls the gate until want(status) holds or wait passes, and
-// returns the last status. It does not wait when the gate cannot be asked.
-func awaitRule(ctx context.Context, gate gateAdmin, wait time.Duration, status func(gateRules) string, want string) string {
-	deadline := time.Now().Add(wait)
-	for {
-		g := fetchGateRules(ctx, gate)
-		st := status(g)
-		if st == want || g.unknown != "" || time.Now().After(deadline) {
-			return st
-		}
-		select {
-		case <-ctx.Done():
-			return st
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -12,13 +13,10 @@ import (
 
 	"github.com/spf13/cobra"
 
+	sgadmin "github.com/spacegate/spacegate/admin"
 	"github.com/spacegate/spacegate/allowlist"
 	"github.com/spacegate/spacegate/config"
 )
-
-// ruleWait is how long create and delete wait for the running gate to
-// show the change before they print what it shows then.
-const ruleWait = 2 * time.Second
 
 // ipRulesFlags are the flags shared by the ip-rules commands.
 type ipRulesFlags struct {
@@ -26,6 +24,7 @@ type ipRulesFlags struct {
 	admin     string
 	tokenFile string
 	json      bool
+	wait      time.Duration
 }
 
 func (f *ipRulesFlags) add(cmd *cobra.Command, withJSON bool) {
@@ -49,8 +48,9 @@ func newIPRulesCreateCmd() *cobra.Command {
 		Use:   "create ROUTE --cidr CIDR --description TEXT",
 		Short: "Allow a CIDR block on a route",
 		Long: "Add an IP rule to the route's rules file. A single address is written x.x.x.x/32.\n" +
-			"The running gate reloads the file; the rule shows \"authorizing\" until the gate has it in force,\n" +
-			"then \"authorized\".",
+			"The rule's id is derived from the route and the block, the same on every host.\n" +
+			"The running gates reload the file; the rule shows \"authorizing (2/3; not yet: URL)\" until every\n" +
+			"replica of admin.fleet has it in force, then \"authorized (3/3 replicas)\".\n" + exitCodesHelp,
 		Args: exactArgs(1, "one argument, ROUTE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := requireFlags(cmd, "cidr", "description"); err != nil {
@@ -60,6 +60,7 @@ func newIPRulesCreateCmd() *cobra.Command {
 		},
 	}
 	f.add(cmd, true)
+	waitFlag(cmd, &f.wait, changeWait)
 	cmd.Flags().StringVar(&cidr, "cidr", "", "the block to allow, such as 1.2.3.4/32 or 2001:db8::/48")
 	cmd.Flags().StringVar(&desc, "description", "", "whose block it is, such as \"My Office IP\"")
 	return cmd
@@ -80,20 +81,30 @@ func newIPRulesListCmd() *cobra.Command {
 }
 
 func newIPRulesGetCmd() *cobra.Command {
-	return newIPRuleByIDCmd("get ROUTE --id ID", "Show one IP rule and whether the gate has it in force", runIPRulesGet)
+	return newIPRuleByIDCmd("get ROUTE --id ID", "Show one IP rule and whether every replica has it in force",
+		"Show one IP rule of the route's rules file, and how many replicas of admin.fleet have it in force.\n"+exitCodesHelp,
+		checkWait, runIPRulesGet)
 }
 
 func newIPRulesDeleteCmd() *cobra.Command {
-	return newIPRuleByIDCmd("delete ROUTE --id ID", "Remove an IP rule from a route", runIPRulesDelete)
+	return newIPRuleByIDCmd("delete ROUTE --id ID", "Remove an IP rule from a route",
+		"Remove an IP rule from the route's rules file. It shows \"deleting (1/3; not yet: URL)\" until no\n"+
+			"replica of admin.fleet has it in force, then \"deleted (3/3 replicas)\".\n"+exitCodesHelp,
+		changeWait, runIPRulesDelete)
 }
 
+// exitCodesHelp ends the help of the commands that wait for the fleet.
+const exitCodesHelp = "\nExit status: 0 when every replica serves the change (or the config has no admin.listen to ask),\n" +
+	"1 on an error, 2 on bad usage, 3 when --wait ended first or a replica could not be asked."
+
 // newIPRuleByIDCmd is a command on one rule of a route, named by --id.
-func newIPRuleByIDCmd(use, short string, run func(ctx context.Context, w io.Writer, f ipRulesFlags, route, id string) error) *cobra.Command {
+func newIPRuleByIDCmd(use, short, long string, wait time.Duration, run func(ctx context.Context, w io.Writer, f ipRulesFlags, route, id string) error) *cobra.Command {
 	var f ipRulesFlags
 	var id string
 	cmd := &cobra.Command{
 		Use:   use,
 		Short: short,
+		Long:  long,
 		Args:  exactArgs(1, "one argument, ROUTE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := requireFlags(cmd, "id"); err != nil {
@@ -103,6 +114,7 @@ func newIPRuleByIDCmd(use, short string, run func(ctx context.Context, w io.Writ
 		},
 	}
 	f.add(cmd, true)
+	waitFlag(cmd, &f.wait, wait)
 	cmd.Flags().StringVar(&id, "id", "", "the rule's id")
 	return cmd
 }
@@ -117,6 +129,25 @@ type ruleView struct {
 	Status      string    `json:"status"`
 	UpdatedAt   time.Time `json:"updated_at"`
 	Warning     string    `json:"warning,omitempty"` // create only: the block admits a whole address family
+	// Replicas says how many replicas serve the change, for create, get
+	// and delete; nil when the gate could not be asked.
+	Replicas *fleetProgress `json:"replicas,omitempty"`
+
+	statusText string // Status as printed: with the replicas
+}
+
+// viewRuleOnFleet is viewRule with the state of the rule on the fleet.
+func viewRuleOnFleet(r allowlist.Rule, w fleetWait, doneState, pendingState string) ruleView {
+	v := viewRule(r, w.unknown)
+	if w.unknown == "" {
+		v.Status = pendingState
+		if w.progress.done() {
+			v.Status = doneState
+		}
+	}
+	v.statusText = w.state(doneState, pendingState)
+	v.Replicas = w.replicas()
+	return v
 }
 
 func viewRule(r allowlist.Rule, status string) ruleView {
@@ -130,7 +161,7 @@ func viewRule(r allowlist.Rule, status string) ruleView {
 // print writes v as "key: value" lines, keys in alphabetical order.
 func (v ruleView) print(w io.Writer) {
 	fmt.Fprintf(w, "cidr: %s\ncreated_at: %s\ndescription: %s\nid: %s\nstatus: %s\nupdated_at: %s\n",
-		v.CIDR, showTime(v.CreatedAt), v.Description, v.ID, v.Status, showTime(v.UpdatedAt))
+		v.CIDR, showTime(v.CreatedAt), v.Description, v.ID, cmp.Or(v.statusText, v.Status), showTime(v.UpdatedAt))
 }
 
 func (v ruleView) write(w io.Writer, asJSON bool) error {
@@ -153,7 +184,7 @@ func openRules(configFlag, routeName string) (*env, *config.Route, *allowlist.St
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	return e, route, &allowlist.Store{Path: route.IPRulesFile, MaxRules: route.MaxIPRules}, nil
+	return e, route, &allowlist.Store{Path: route.IPRulesFile, Route: route.Name, MaxRules: route.MaxIPRules}, nil
 }
 
 // seeRules adds the hint that lists a route's rules to err.
@@ -190,12 +221,15 @@ func runIPRulesCreate(ctx context.Context, w, ew io.Writer, f ipRulesFlags, rout
 	if err := audit(ctx, e.pkiDir, auditEntry{Action: "ip_rule.create", Route: routeName, ID: rule.ID, CIDR: rule.CIDR.String(), Description: desc}); err != nil {
 		return err
 	}
-	st := awaitRule(ctx, admin, ruleWait, func(g gateRules) string { return g.status(routeName, rule.ID) }, ruleAuthorized)
-	v := viewRule(rule, st)
+	fw := awaitFleet(ctx, admin, f.wait, func(r sgadmin.Replica) bool { return hasRule(r, routeName, rule.ID) })
+	v := viewRuleOnFleet(rule, fw, ruleAuthorized, ruleAuthorizing)
 	if v.Warning = familyWarning(cidrText, cidr, routeName); v.Warning != "" && !f.json {
 		fmt.Fprintf(ew, "warning: %s\n", v.Warning)
 	}
-	return v.write(w, f.json)
+	if err := v.write(w, f.json); err != nil {
+		return err
+	}
+	return fw.err("rule "+rule.ID, f.wait)
 }
 
 // familyWarning warns of a block that admits a whole address family, or
@@ -277,8 +311,11 @@ func runIPRulesGet(ctx context.Context, w io.Writer, f ipRulesFlags, routeName, 
 	if err != nil {
 		return err
 	}
-	g := fetchGateRules(ctx, admin)
-	return viewRule(rule, g.status(routeName, rule.ID)).write(w, f.json)
+	fw := awaitFleet(ctx, admin, f.wait, func(r sgadmin.Replica) bool { return hasRule(r, routeName, rule.ID) })
+	if err := viewRuleOnFleet(rule, fw, ruleAuthorized, ruleAuthorizing).write(w, f.json); err != nil {
+		return err
+	}
+	return fw.err("rule "+rule.ID, f.wait)
 }
 
 func runIPRulesDelete(ctx context.Context, w io.Writer, f ipRulesFlags, routeName, id string) error {
@@ -300,6 +337,9 @@ func runIPRulesDelete(ctx context.Context, w io.Writer, f ipRulesFlags, routeNam
 	if err := audit(ctx, e.pkiDir, auditEntry{Action: "ip_rule.delete", Route: routeName, ID: rule.ID, CIDR: rule.CIDR.String(), Description: rule.Description}); err != nil {
 		return err
 	}
-	st := awaitRule(ctx, admin, ruleWait, func(g gateRules) string { return g.deletedStatus(routeName, rule.ID) }, ruleDeleted)
-	return viewRule(rule, st).write(w, f.json)
+	fw := awaitFleet(ctx, admin, f.wait, func(r sgadmin.Replica) bool { return !hasRule(r, routeName, rule.ID) })
+	if err := viewRuleOnFleet(rule, fw, ruleDeleted, ruleDeleting).write(w, f.json); err != nil {
+		return err
+	}
+	return fw.err("deleted rule "+rule.ID, f.wait)
 }

@@ -16,7 +16,8 @@ import (
 
 func TestIPRulesCreateGetDelete(t *testing.T) {
 	e := newAdminEnv(t, "127.0.0.1:1", "127.0.0.1:1")
-	out := e.mustRun(t, "ip-rules", "create", "db", "--cidr", "1.2.3.4/32", "--description", "My Office IP")
+	// No gate runs: every change is made, and exits 3 as not confirmed.
+	out := e.mustRunCode(t, exitWait, "ip-rules", "create", "db", "--cidr", "1.2.3.4/32", "--description", "My Office IP")
 	// The seed's format: one "key: value" line per field, in this order.
 	keys := []string{"cidr", "created_at", "description", "id", "status", "updated_at"}
 	lines := strings.Split(strings.TrimSpace(out), "\n")
@@ -35,7 +36,7 @@ func TestIPRulesCreateGetDelete(t *testing.T) {
 	id := fields["id"]
 
 	var got ruleView
-	e.mustJSON(t, &got, "ip-rules", "get", "db", "--id", strings.ToUpper(id))
+	e.mustJSONCode(t, exitWait, &got, "ip-rules", "get", "db", "--id", strings.ToUpper(id))
 	if got.ID != id || got.CIDR != "1.2.3.4/32" || got.Description != "My Office IP" || got.Status != ruleUnreachable || got.CreatedAt.IsZero() || !got.UpdatedAt.Equal(got.CreatedAt) {
 		t.Errorf("ip-rules get --json = %+v", got)
 	}
@@ -44,7 +45,7 @@ func TestIPRulesCreateGetDelete(t *testing.T) {
 		t.Errorf("rules file after create: %+v, %v", rules, err)
 	}
 
-	e.mustRun(t, "ip-rules", "create", "db", "--cidr", "2001:db8::/48", "--description", "v6 office")
+	e.mustRunCode(t, exitWait, "ip-rules", "create", "db", "--cidr", "2001:db8::/48", "--description", "v6 office")
 	var list []ruleView
 	e.mustJSON(t, &list, "ip-rules", "list", "db")
 	if len(list) != 2 || list[0].ID != id || list[1].CIDR != "2001:db8::/48" {
@@ -56,7 +57,7 @@ func TestIPRulesCreateGetDelete(t *testing.T) {
 	}
 
 	var gone ruleView
-	e.mustJSON(t, &gone, "ip-rules", "delete", "db", "--id", id)
+	e.mustJSONCode(t, exitWait, &gone, "ip-rules", "delete", "db", "--id", id)
 	if gone.ID != id {
 		t.Errorf("ip-rules delete printed %+v, want rule %s", gone, id)
 	}
@@ -85,8 +86,8 @@ func TestIPRulesCreateGetDelete(t *testing.T) {
 
 func TestIPRulesRefusals(t *testing.T) {
 	e := newAdminEnv(t, "127.0.0.1:1", "127.0.0.1:1")
-	e.mustRun(t, "ip-rules", "create", "cache", "--cidr", "10.0.0.0/8", "--description", "a")
-	e.mustRun(t, "ip-rules", "create", "cache", "--cidr", "192.0.2.0/24", "--description", "b")
+	e.mustRunCode(t, exitWait, "ip-rules", "create", "cache", "--cidr", "10.0.0.0/8", "--description", "a")
+	e.mustRunCode(t, exitWait, "ip-rules", "create", "cache", "--cidr", "192.0.2.0/24", "--description", "b")
 	tests := []struct {
 		name   string
 		args   []string
@@ -158,8 +159,9 @@ func TestIPRulesParallelCreate(t *testing.T) {
 		wg.Go(func() {
 			cmd := exec.CommandContext(ctx, bin, "ip-rules", "create", "db", "--config", e.config,
 				"--cidr", fmt.Sprintf("10.%d.0.0/16", i), "--description", fmt.Sprintf("rule %d", i))
-			if out, err := cmd.CombinedOutput(); err != nil {
-				errs[i] = fmt.Sprintf("create %d: %v\n%s", i, err, out)
+			// No gate runs to confirm: each create exits 3.
+			if out, err := cmd.CombinedOutput(); cmd.ProcessState == nil || cmd.ProcessState.ExitCode() != exitWait {
+				errs[i] = fmt.Sprintf("create %d: %v, want exit 3\n%s", i, err, out)
 			}
 		})
 	}
@@ -207,15 +209,15 @@ func TestIPRulesCreateWholeFamily(t *testing.T) {
 			if code == exitOK || !strings.Contains(stderr, "0.0.0.0/0") {
 				t.Errorf("create %s after 0.0.0.0/0: exit %d, stderr %q; want a duplicate", tc.cidr, code, stderr)
 			}
-		case code != exitOK || !strings.Contains(stdout, "cidr: ") || strings.Contains(stdout, "warning"):
+		case code != exitWait || !strings.Contains(stdout, "cidr: ") || strings.Contains(stdout, "warning"):
 			t.Errorf("create %s: exit %d\nstdout: %s\nstderr: %s", tc.cidr, code, stdout, stderr)
-		case tc.want == "" && stderr != "", tc.want != "" && !strings.HasPrefix(stderr, tc.want):
+		case tc.want == "" && strings.Contains(stderr, "warning"), tc.want != "" && !strings.HasPrefix(stderr, tc.want):
 			t.Errorf("create %s: stderr %q, want %q", tc.cidr, stderr, tc.want)
 		}
 	}
 
 	var v ruleView
-	e.mustJSON(t, &v, "ip-rules", "create", "cache", "--cidr", "::ffff:0.0.0.0/96", "--description", "all of IPv4")
+	e.mustJSONCode(t, exitWait, &v, "ip-rules", "create", "cache", "--cidr", "::ffff:0.0.0.0/96", "--description", "all of IPv4")
 	if want := "::ffff:0.0.0.0/96 (the IPv4 block 0.0.0.0/0) admits every IPv4 address: only the client certificate keeps strangers out of route cache"; v.CIDR != "0.0.0.0/0" || v.Warning != want {
 		t.Errorf("create --json: cidr %s, warning %q; want %q", v.CIDR, v.Warning, want)
 	}

@@ -64,7 +64,7 @@ func runQuickstart(ctx context.Context, w io.Writer, dir string, serve bool) err
 		return nil
 	}
 	fmt.Fprintf(w, "\nserving %s (Ctrl-C to stop)\n", qs.path("spacegate.yaml"))
-	return runServe(ctx, qs.path("spacegate.yaml"))
+	return runServe(ctx, qs.path("spacegate.yaml"), os.Getenv(replicaNameEnv))
 }
 
 type quickstart struct {
@@ -180,7 +180,7 @@ func (q quickstart) rules(ctx context.Context, route string) error {
 	if exists(file) {
 		return nil
 	}
-	store := &allowlist.Store{Path: file}
+	store := &allowlist.Store{Path: file, Route: route}
 	for _, r := range []struct{ cidr, desc string }{
 		{"127.0.0.1/32", "loopback (IPv4), made by quickstart"},
 		{"::1/128", "loopback (IPv6), made by quickstart"},

@@ -17,6 +17,8 @@ const (
 	exitOK    = 0
 	exitError = 1 // a user error: bad config, unreachable file, refused action
 	exitUsage = 2 // bad flags or arguments
+	// exitWait (3, fleetwait.go): the change was made, but --wait ended
+	// before every replica served it.
 )
 
 // usageError marks an error as bad usage (exit 2) rather than a failure.
@@ -36,6 +38,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	var he hintError
 	if errors.As(err, &he) {
 		fmt.Fprintf(stderr, "hint: %s\n", he.hint)
+	}
+	var we waitError
+	if errors.As(err, &we) {
+		return exitWait
 	}
 	var ue usageError
 	if errors.As(err, &ue) {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"os"
 	"os/signal"
@@ -14,7 +15,7 @@ import (
 )
 
 func newServeCmd() *cobra.Command {
-	var config string
+	var config, name string
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the gate",
@@ -22,15 +23,21 @@ func newServeCmd() *cobra.Command {
 			"SIGTERM or SIGINT stop accepting, let live connections finish up to limits.drain_timeout, and exit 0.",
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runServe(cmd.Context(), configPath(config))
+			return runServe(cmd.Context(), configPath(config), cmp.Or(name, os.Getenv(replicaNameEnv)))
 		},
 	}
 	cmd.Flags().StringVar(&config, "config", "", "config file (default $SPACEGATE_CONFIG or ./spacegate.yaml)")
+	cmd.Flags().StringVar(&name, "replica-name", "", "this replica's name in /v1/status and /v1/fleet (default $"+replicaNameEnv+", else the host name)")
 	return cmd
 }
 
-// runServe loads the config at path and serves it until ctx ends.
-func runServe(ctx context.Context, path string) error {
+// replicaNameEnv names the replica when --replica-name does not. The host
+// name is the default: on Kubernetes, the pod's name.
+const replicaNameEnv = "SPACEGATE_REPLICA_NAME"
+
+// runServe loads the config at path and serves it until ctx ends, as the
+// replica called name ("" for the host name).
+func runServe(ctx context.Context, path, name string) error {
 	cfg, err := config.Load(path)
 	if err != nil {
 		return problemsError(err)
@@ -42,7 +49,7 @@ func runServe(ctx context.Context, path string) error {
 	defer func() { _ = log.Sync() }()
 	// Under systemd (Type=notify) the gate says when it is ready, reloading
 	// and stopping.
-	srv, err := proxy.NewServer(proxy.Options{Config: cfg, Logger: log, Notify: sdNotifier(log)})
+	srv, err := proxy.NewServer(proxy.Options{Config: cfg, Logger: log, Notify: sdNotifier(log), Name: name})
 	if err != nil {
 		return problemsError(err)
 	}

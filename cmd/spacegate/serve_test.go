@@ -133,10 +133,10 @@ type serveProcess struct {
 	err    error // of Wait, set before exited is closed
 }
 
-func startServe(t *testing.T, bin, config string) *serveProcess {
+func startServe(t *testing.T, bin, config string, extra ...string) *serveProcess {
 	t.Helper()
 	p := &serveProcess{
-		cmd:    exec.Command(bin, "serve", "--config", config),
+		cmd:    exec.Command(bin, append([]string{"serve", "--config", config}, extra...)...),
 		stderr: new(bytes.Buffer),
 		exited: make(chan struct{}),
 	}

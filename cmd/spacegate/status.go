@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -37,6 +38,9 @@ const statusExpiries = 10
 type statusReport struct {
 	Admin string `json:"admin"`
 	admin.Status
+	// Fleet is /v1/fleet of the gate asked: every replica of admin.fleet
+	// (this one alone without it); nil when it could not be had.
+	Fleet *admin.Fleet `json:"fleet,omitempty"`
 
 	olderGate bool // its /v1/status has no cert_expiries: they were pieced together
 }
@@ -52,9 +56,10 @@ func newStatusCmd() *cobra.Command {
 	var f statusFlags
 	cmd := &cobra.Command{
 		Use:   "status",
-		Short: "Show the running gate: routes, rules in force, live connections, certificate expiries",
+		Short: "Show the running gate and its fleet: replicas, routes, rules in force, live connections, certificate expiries",
 		Long: "Ask the running gate's admin endpoint (admin.listen of the config, or --admin URL) for its routes,\n" +
-			"the IP rules in force, live connections and the nearest certificate expiries.\n" +
+			"the IP rules in force, live connections and the nearest certificate expiries, and for every replica of\n" +
+			"admin.fleet (/v1/fleet): one row each, with its fingerprint and what differs (DRIFT).\n" +
 			"The admin token is read from --admin-token-file, else $" + adminTokenEnv + ", else admin.token_file of the config.",
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -81,6 +86,11 @@ func runStatus(ctx context.Context, w io.Writer, f statusFlags) error {
 	if err != nil {
 		return err
 	}
+	fctx, cancel := context.WithTimeout(ctx, statusQueryTimeout)
+	if fl, err := fetchFleet(fctx, gate); err == nil {
+		rep.Fleet = &fl
+	}
+	cancel()
 	if f.json {
 		return writeJSON(w, rep)
 	}
@@ -176,6 +186,9 @@ func writeStatus(w io.Writer, rep *statusReport, now time.Time) error {
 		ready = "no (starting or draining)"
 	}
 	fmt.Fprintf(w, "gate %s  generation %d  loaded %s  ready %s\n", rep.Admin, rep.Generation, showTime(rep.LoadedAt), ready)
+	if err := writeFleet(w, rep.Fleet); err != nil {
+		return err
+	}
 
 	fmt.Fprintln(w)
 	tw := newTable(w)
@@ -235,6 +248,79 @@ func writeStatus(w io.Writer, rep *statusReport, now time.Time) error {
 		fmt.Fprintf(w, "note: %s/v1/status lists no cert_expiries (a gate older than this spacegate): CA certificates and clients not connected now are missing\n", rep.Admin)
 	}
 	return nil
+}
+
+// writeFleet prints one row per replica: reachable, fingerprint, when it
+// loaded, and what it differs in from the most replicas; then what differs
+// in full. Drift is marked in capitals, as the alert names it.
+func writeFleet(w io.Writer, f *admin.Fleet) error {
+	if f == nil {
+		fmt.Fprintln(w, "\nFleet: unknown (the gate did not answer /v1/fleet)")
+		return nil
+	}
+	verdict := "in sync"
+	if !f.InSync {
+		verdict = "DRIFT: the replicas do not serve the same content"
+	}
+	fmt.Fprintf(w, "\nFleet (%d replicas): %s\n", len(f.Replicas), verdict)
+	odd := oddOnes(f.Differs)
+	tw := newTable(w)
+	row(tw, "", "REPLICA", "NAME", "REACHABLE", "FINGERPRINT", "LOADED", "DIFFERS")
+	for _, r := range f.Replicas {
+		mark, reach, differs := " ", "yes", dash(strings.Join(odd[r.URL], "; "))
+		if !r.Reachable {
+			mark, reach, differs = "!", "NO", r.Error
+		} else if len(odd[r.URL]) > 0 {
+			mark = "!"
+		}
+		row(tw, mark, r.URL, dash(r.Name), reach, dash(r.Fingerprint), showTime(r.LoadedAt), differs)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, d := range f.Differs {
+		if d.What != admin.DiffUnreachable {
+			fmt.Fprintf(w, "differs: %s\n", d.Text)
+		}
+	}
+	return nil
+}
+
+// oddOnes returns, per replica URL, the things it differs in from the
+// largest group of replicas (ties: the value that sorts first).
+func oddOnes(ds []admin.Difference) map[string][]string {
+	out := map[string][]string{}
+	for _, d := range ds {
+		if d.What == admin.DiffUnreachable {
+			continue
+		}
+		values := slices.Sorted(maps.Keys(d.Values))
+		if len(values) == 0 {
+			continue
+		}
+		major := values[0]
+		for _, v := range values[1:] {
+			if len(d.Values[v]) > len(d.Values[major]) {
+				major = v
+			}
+		}
+		what := d.What
+		switch {
+		case d.What == admin.DiffCRL:
+			what = "CRL of " + d.Issuer + " on " + d.Route
+		case d.Route != "":
+			what = d.What + " of " + d.Route
+		}
+		for v, urls := range d.Values {
+			if v == major {
+				continue
+			}
+			for _, u := range urls {
+				out[u] = append(out[u], what)
+			}
+		}
+	}
+	return out
 }
 
 // upstreamCell says what is known of a route's upstream: the gate's own

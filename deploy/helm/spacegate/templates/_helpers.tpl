@@ -127,8 +127,12 @@ spacegate.upstreamHost: the host of a route's upstream ("10.0.0.5",
 {{- $limits := merge (dict
   "shutdown_delay" (printf "%ds" (int .Values.drain.shutdownDelaySeconds))
   "drain_timeout" (printf "%ds" (int .Values.drain.drainTimeoutSeconds))) (.Values.config.limits | default dict) }}
+{{- $admin := dict "listen" (printf "%s:%d" .Values.listenHost (int .Values.admin.port)) "token_file" "/etc/spacegate/admin/token" }}
+{{- with .Values.admin.fleet }}
+{{- $_ := set $admin "fleet" . }}
+{{- end }}
 {{- $cfg := dict
-  "admin" (dict "listen" (printf "%s:%d" .Values.listenHost (int .Values.admin.port)) "token_file" "/etc/spacegate/admin/token")
+  "admin" $admin
   "log" .Values.config.log
   "tls" $tls
   "pki" .Values.config.pki
