@@ -12,11 +12,13 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/spacegate/spacegate/config"
+	"github.com/spacegate/spacegate/internal/splice"
 	"github.com/spacegate/spacegate/tlsconf"
 )
 
@@ -56,7 +58,9 @@ func (p Phase) String() string {
 // forwarded (or dropped) and the client gets no answer, as from PostgreSQL.
 var errCancelHandled = errors.New("cancel request handled")
 
-// conn is one client connection. serve owns it: it closes nc and upstream.
+// conn is one client connection. serve owns it until it hands the session
+// to the engine (splice) or to the engine's graceful close (finish); done,
+// called once at the very end, releases what it holds.
 type conn struct {
 	srv   *Server
 	snap  *Snapshot // read once at accept: one connection, one configuration
@@ -71,26 +75,25 @@ type conn struct {
 	nc       net.Conn // the accepted TCP connection
 	client   net.Conn // what the client speaks through: nc, or the TLS conn over it
 	tlsConn  *tls.Conn
-	fd       *fdConn  // under tlsConn: how the socket moves to an event loop
-	upstream net.Conn // set by setUpstream only
-	upFd     *fdConn  // under upstream when that is TLS
-	sess     *session // set, under mu, once an event loop runs the splice
+	fd       *splice.Conn    // under tlsConn: how the engine takes the socket over
+	upstream net.Conn        // set by setUpstream only
+	upFd     *splice.Conn    // under upstream when that is TLS
+	sess     *splice.Session // set, under mu, once the engine runs the session
 
 	// chain is the client's certificate chain, kept to check it again
 	// after a reload. Set before the connection is listed as admitted.
 	chain []*x509.Certificate
 
-	// mu guards aborted, cutReason, the timers and the upstream as seen by
-	// abort and cut, which other goroutines (drain, reload, expiry) call.
-	mu        sync.Mutex
-	aborted   bool
-	cutReason *Refusal
-	cutTimer  *time.Timer // aborts a cut that finds no message boundary
-	expiry    *time.Timer // cuts the connection when its certificate expires
-	cutting   atomic.Bool // a cut is pending: the copier looks for a boundary
-	// clientDone: the client has finished sending (EOF); the upstream's
-	// reads are bounded from then on.
-	clientDone atomic.Bool
+	// mu guards aborted, cutReason, the timer, the dial and the upstream
+	// and session as seen by abort and cut, which other goroutines (drain,
+	// reload, expiry) call.
+	mu         sync.Mutex
+	aborted    bool
+	cutReason  *Refusal
+	expiry     *time.Timer        // cuts the connection when its certificate expires
+	dialing    bool               // listed for the dial: a cut is seen by the serve goroutine
+	dialCancel context.CancelFunc // while the upstream is dialled
+	ended      atomic.Bool        // done has run (or abandon has given up on it)
 
 	phase     Phase
 	early     *Refusal // found before TLS, told after it
@@ -108,19 +111,18 @@ type conn struct {
 }
 
 // serve runs the connection to its end. It never returns an error: the
-// outcome goes to the client, the audit log and the metrics.
-// It reports whether an event loop took the connection over, and with it
-// the finish.
-func (c *conn) serve(ctx context.Context) (handedOff bool) {
+// outcome goes to the client, the audit log and the metrics. The end may
+// come after serve returns: a session ends when the engine says so
+// (sessionEnded), a told refusal when its graceful close has (finish).
+func (c *conn) serve(ctx context.Context) {
 	err := c.run(ctx)
 	if err == errHandedOff {
-		return true
+		return
 	}
 	if c.pend != nil && c.pend.evicted.Load() {
 		err = evictedRefusal() // its socket was closed under it: that is why it failed
 	}
 	c.finish(err)
-	return false
 }
 
 // run is the life of a connection as a list of steps.
@@ -159,6 +161,9 @@ func (c *conn) run(ctx context.Context) error {
 	// Listed first, then compared with the snapshot in force: a reload that
 	// swapped in between either finds this connection listed and checks it,
 	// or is seen here. Either way no connection escapes a re-check.
+	c.mu.Lock()
+	c.dialing = true // a cut from here on is told, not a close
+	c.mu.Unlock()
 	c.srv.conns.update(c)
 	if cur := c.srv.Snapshot(); cur != c.snap {
 		if ref := c.recheck(cur); ref != nil {
@@ -326,7 +331,7 @@ func (c *conn) startTLS(ctx context.Context, prefix []byte) error {
 		}
 		return c.lis.Routes[0].TLS, nil
 	}}
-	c.fd = newFdConn(raw)
+	c.fd = splice.Wrap(raw) // so that the engine can take the socket over
 	tc := tls.Server(c.fd, cfg)
 	c.tlsConn = tc
 	if err := tc.HandshakeContext(ctx); err != nil {
@@ -368,15 +373,18 @@ func (c *conn) setUpstream(up net.Conn) error {
 }
 
 // abort closes both sockets from another goroutine, which ends every
-// read and write of the connection whatever state its splice is in (a
-// half-closed session waits on the upstream alone).
+// read and write of the connection whatever state it is in: a session is
+// aborted on the engine, a dial cancelled.
 func (c *conn) abort() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.aborted = true
 	if c.sess != nil {
-		c.sess.l.post(loopCmd{kind: cmdAbort, s: c.sess})
+		c.sess.Abort()
 		return
+	}
+	if c.dialCancel != nil {
+		c.dialCancel()
 	}
 	c.nc.Close()
 	if c.upstream != nil {
@@ -384,8 +392,11 @@ func (c *conn) abort() {
 	}
 }
 
-// finish tells the client about a refusal, closes everything, and writes the
-// audit line and metrics.
+// finish ends a connection that never reached the engine's session: it
+// closes the upstream and tells the client about a refusal. A told refusal
+// is closed gracefully by the engine (the notice, FIN, the client's input
+// drained for a bound, then close), and done runs when that has ended;
+// anything else is closed at once.
 func (c *conn) finish(err error) {
 	var ref *Refusal
 	if err != nil && !errors.As(err, &ref) && !errors.Is(err, errCancelHandled) {
@@ -394,23 +405,51 @@ func (c *conn) finish(err error) {
 	if c.upstream != nil {
 		c.upstream.Close()
 	}
-	switch {
-	case ref != nil && !ref.quiet && c.lis.Protocol == config.ProtocolRedis:
-		c.tellRedis(ref)
-		c.lingerClose()
-	case ref != nil && !ref.quiet:
-		c.tellClient(ref)
-		c.lingerClose()
-	case c.client != nil:
-		c.client.Close()
+	if ref == nil || ref.quiet {
+		if c.client != nil {
+			c.client.Close()
+		}
+		c.nc.Close()
+		c.done(ref)
+		return
 	}
-	c.nc.Close()
+	var notice []byte
+	if c.lis.Protocol == config.ProtocolRedis {
+		c.tellRedis(ref) // a dialog: each command the client sends is answered
+	} else if cut := c.cutRefusal(); cut == ref {
+		notice = c.cutNotice(ref) // cut while dialling
+	} else {
+		notice = pgError(ref)
+	}
+	side := splice.Side{Conn: c.fd, TLS: c.tlsConn}
+	if c.tlsConn == nil || c.client != c.tlsConn {
+		side = splice.Side{Conn: splice.Wrap(c.nc)} // refused in plaintext
+	}
+	if err := c.srv.engine.Close(side, notice, func() { c.closed(ref) }); err != nil {
+		side.Conn.Close()
+		c.nc.Close()
+		c.done(ref)
+	}
+}
+
+// closed is the done of finish's graceful close.
+func (c *conn) closed(ref *Refusal) {
+	defer c.recoverPanic()
+	c.done(ref)
+}
+
+// done is the end of every connection, once its sockets are closed: it
+// releases what the connection holds, writes its audit line and metrics,
+// and lets the server's drain count it out. It runs once.
+func (c *conn) done(ref *Refusal) {
+	if !c.ended.CompareAndSwap(false, true) {
+		return
+	}
+	defer c.srv.wg.Done()
 	c.mu.Lock()
 	c.aborted = true // late cuts and expiry find nothing to do
-	for _, t := range []*time.Timer{c.cutTimer, c.expiry} {
-		if t != nil {
-			t.Stop()
-		}
+	if c.expiry != nil {
+		c.expiry.Stop()
 	}
 	c.mu.Unlock()
 	c.release()
@@ -449,36 +488,6 @@ func (c *conn) classify(err error) *Refusal {
 		return &Refusal{Reason: ReasonHandshakeFailed, Msg: "client closed the connection during the handshake", Err: err, quiet: true}
 	}
 	return &Refusal{Reason: ReasonProtocolViolation, Msg: "connection failed", Err: err, quiet: true}
-}
-
-// tellClient sends a PostgreSQL client the refusal as a FATAL
-// ErrorResponse, bounded in time.
-func (c *conn) tellClient(r *Refusal) {
-	w := c.client
-	if w == nil {
-		w = c.nc
-	}
-	_ = c.nc.SetWriteDeadline(time.Now().Add(time.Second))
-	_, _ = w.Write(pgError(r))
-}
-
-// lingerClose closes after a refusal so that the client reads it: a plain
-// close with unread input would reset the connection and could discard the
-// error before the client reads it.
-func (c *conn) lingerClose() {
-	if c.tlsConn != nil && c.client == c.tlsConn {
-		_ = c.tlsConn.CloseWrite()
-	}
-	if cw, ok := c.nc.(interface{ CloseWrite() error }); ok {
-		_ = cw.CloseWrite()
-	}
-	r := c.client
-	if r == nil {
-		r = c.nc
-	}
-	_ = c.nc.SetReadDeadline(time.Now().Add(time.Second))
-	_, _ = io.Copy(io.Discard, io.LimitReader(r, 64<<10))
-	r.Close()
 }
 
 // audit writes the one log line of this connection and counts its outcome.
@@ -563,6 +572,19 @@ func (p *prefixConn) Read(b []byte) (int, error) {
 		return n, nil
 	}
 	return p.Conn.Read(b)
+}
+
+// SyscallConn gives the engine the socket to take over, once the bytes
+// replayed have been read: before that the socket alone would lose them.
+func (p *prefixConn) SyscallConn() (syscall.RawConn, error) {
+	if len(p.prefix) > 0 {
+		return nil, errors.New("bytes already read from the socket are still to be replayed")
+	}
+	sc, ok := p.Conn.(syscall.Conn)
+	if !ok {
+		return nil, errors.ErrUnsupported
+	}
+	return sc.SyscallConn()
 }
 
 // CloseWrite half-closes the underlying TCP connection.

@@ -65,17 +65,17 @@ func TestPlaintextAfterFailedProxyHeader(t *testing.T) {
 
 // TestPanicEndsOneConnection panics in a connection's code at each place
 // where a different goroutine runs it: the connection's own (after the
-// checks), the event loop's (adding the session), and the one that
-// finishes a session. Each time only that connection ends: the panic is
-// logged with its stack and counted, the slots it held are released, the
-// next client gets in, and the gate still shuts down cleanly.
+// checks), the engine's (in the session's framer, at its first bytes), and
+// the one that finishes a session. Each time only that connection ends: the
+// panic is logged with its stack and counted, the slots it held are
+// released, the next client gets in, and the gate still shuts down cleanly.
 func TestPanicEndsOneConnection(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		at   hookPoint
 	}{
 		{"after the checks", hookAdmitted},
-		{"on the event loop", hookLoopAdd},
+		{"on the engine", hookOnEngine},
 		{"finishing a session", hookFinish},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

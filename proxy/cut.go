@@ -1,8 +1,6 @@
 package proxy
 
 import (
-	"encoding/binary"
-	"errors"
 	"fmt"
 	"time"
 
@@ -13,13 +11,13 @@ import (
 // before it closes the connection anyway (a huge row trickling in).
 const cutGrace = 2 * time.Second
 
-// errCut ends a splice that was cut after a reload or at certificate expiry.
-var errCut = errors.New("connection cut")
-
-// cut ends a live connection for r. A PostgreSQL client is sent FATAL 57P01
-// naming the reason, at the next message boundary of the server's stream so
-// that no message is corrupted; other clients are disconnected at once.
-// cut may be called from any goroutine, more than once; the first reason wins.
+// cut ends a live connection for r. A PostgreSQL client is sent FATAL
+// 57P01 naming the reason, at the next message boundary of the server's
+// stream so that no message is corrupted, then closed gracefully (the
+// engine's Session.Cut); a Redis client is closed gracefully at once. A cut
+// during the upstream's dial cancels it, and the client is told as a
+// refusal is. Before that, the connection is closed. cut may be called
+// from any goroutine, more than once; the first reason wins.
 func (c *conn) cut(r *Refusal) {
 	c.mu.Lock()
 	if c.cutReason != nil || c.aborted {
@@ -27,31 +25,19 @@ func (c *conn) cut(r *Refusal) {
 		return
 	}
 	c.cutReason = r
-	// Set under mu: a session handed to an event loop after this sees it.
-	c.cutting.Store(true)
-	up, sess := c.upstream, c.sess
+	sess, dial, dialing := c.sess, c.dialCancel, c.dialing
 	c.mu.Unlock()
-	if c.lis.Protocol != config.ProtocolPostgres || up == nil {
+	switch {
+	case sess != nil:
+		sess.Cut(c.cutNotice(r))
+	case dial != nil:
+		dial() // dialUpstream returns r, which finish tells the client
+	case dialing:
+		// Between the steps of dialling: each looks at cutReason (under
+		// mu) before it starts, and splice cuts the session it adds.
+	default:
 		c.abort()
-		return
 	}
-	// Wake the upstream-to-client copier, the only writer to the client,
-	// so that it sends the notice itself between two messages.
-	if sess != nil {
-		sess.l.post(loopCmd{kind: cmdCut, s: sess})
-	} else {
-		_ = up.SetReadDeadline(time.Now())
-	}
-	t := time.AfterFunc(cutGrace, c.abort)
-	c.mu.Lock()
-	if c.aborted {
-		// The connection finished meanwhile, and finish found no timer
-		// to stop: stop it here.
-		t.Stop()
-	} else {
-		c.cutTimer = t
-	}
-	c.mu.Unlock()
 }
 
 // cutRefusal returns the reason the connection was cut, or nil.
@@ -61,78 +47,15 @@ func (c *conn) cutRefusal() *Refusal {
 	return c.cutReason
 }
 
-// sendCutNotice writes the FATAL of a cut to a PostgreSQL client.
-func (c *conn) sendCutNotice() {
-	r := c.cutRefusal()
-	if r == nil {
-		return
+// cutNotice is what a cut client is told: for PostgreSQL, FATAL 57P01
+// admin_shutdown, whatever the reason (an operator's action, a reload, a
+// revocation, or the certificate's expiry ended it); for Redis nothing, as
+// RESP has no message a client reads unasked.
+func (c *conn) cutNotice(r *Refusal) []byte {
+	if c.lis.Protocol != config.ProtocolPostgres {
+		return nil
 	}
-	// 57P01 admin_shutdown, whatever the reason: an operator's action
-	// (a reload, a revocation) or the certificate's expiry ended it.
-	b := pgFatal("57P01", "terminating connection: "+r.Msg, r.Hint)
-	if b == nil {
-		return
-	}
-	_ = c.client.SetWriteDeadline(time.Now().Add(time.Second))
-	_, _ = c.client.Write(b)
-}
-
-// pgFramer follows the message framing of a PostgreSQL server's stream (a
-// type byte and a 4-byte length that counts itself), so that a cut can wait
-// for a boundary. It costs a few comparisons per message.
-type pgFramer struct {
-	hdr       [5]byte
-	hdrN      int   // header bytes of the current message seen so far
-	remaining int64 // body bytes of the current message still to come
-}
-
-func (f *pgFramer) atBoundary() bool { return f.hdrN == 0 && f.remaining == 0 }
-
-// advance consumes b.
-func (f *pgFramer) advance(b []byte) {
-	for len(b) > 0 {
-		if f.remaining > 0 {
-			n := int(min(f.remaining, int64(len(b))))
-			f.remaining -= int64(n)
-			b = b[n:]
-			continue
-		}
-		n := copy(f.hdr[f.hdrN:], b)
-		f.hdrN += n
-		b = b[n:]
-		if f.hdrN == len(f.hdr) {
-			f.hdrN = 0
-			f.remaining = max(int64(binary.BigEndian.Uint32(f.hdr[1:]))-4, 0)
-		}
-	}
-}
-
-// untilBoundary returns how many bytes of b complete the current message,
-// and whether b reaches its end; 0, true when already at a boundary.
-func (f *pgFramer) untilBoundary(b []byte) (int, bool) {
-	if f.atBoundary() {
-		return 0, true
-	}
-	g := *f
-	for i := 0; i < len(b); {
-		if g.remaining > 0 {
-			n := int(min(g.remaining, int64(len(b)-i)))
-			g.remaining -= int64(n)
-			i += n
-		} else {
-			g.hdr[g.hdrN] = b[i]
-			g.hdrN++
-			i++
-			if g.hdrN == len(g.hdr) {
-				g.hdrN = 0
-				g.remaining = max(int64(binary.BigEndian.Uint32(g.hdr[1:]))-4, 0)
-			}
-		}
-		if g.atBoundary() {
-			return i, true
-		}
-	}
-	return 0, false
+	return pgFatal("57P01", "terminating connection: "+r.Msg, r.Hint)
 }
 
 // expiryRefusal is why a connection is cut when its certificate expires.

@@ -16,9 +16,13 @@
 // upstream addresses and file paths go to the log only.
 //
 // Each connection has a goroutine of its own from accept until its upstream
-// is dialled. From there its two sockets move to an event loop (loop.go,
-// session.go): one goroutine per CPU around an edge-triggered epoll set,
-// which copies both directions of many sessions with no goroutine, stack or
-// buffer per session, and without the reads that only find a socket empty.
-// The goroutine splice (splice.go) remains for what a loop cannot take.
+// is dialled. From there its two sockets belong to the engine of package
+// internal/splice: on Linux one event loop per CPU around an edge-triggered
+// epoll set, which copies both directions of many sessions with no
+// goroutine, stack or buffer per session; elsewhere (and with
+// Options.GoroutineSplice) a goroutine per direction. The gate gives the
+// engine the PostgreSQL framer (pgframer.go) so that a cut lands between
+// two messages, and the FATAL to send; the session's one end callback
+// (sessionEnded, handoff.go) finishes the connection. Refusals told to the
+// client close through the engine too, gracefully, with no thread waiting.
 package proxy

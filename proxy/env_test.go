@@ -317,9 +317,9 @@ func mustLeafSerial(t testing.TB, certPEM []byte) *big.Int {
 	return c.SerialNumber
 }
 
-// forEachSplice runs f with the event loops and with the goroutine splice
-// they replaced, which still serves what the loops do not take (upstream
-// TLS).
+// forEachSplice runs f with the engine's event loops and with its portable
+// implementation, a goroutine per direction (Options.GoroutineSplice), which
+// systems other than Linux run.
 func forEachSplice(t *testing.T, f func(t *testing.T, goroutines bool)) {
 	for _, g := range []bool{false, true} {
 		name := "loop"

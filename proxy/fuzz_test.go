@@ -211,6 +211,13 @@ routes:
 	if h.srv, err = NewServer(Options{Config: c, Logger: zap.New(core)}); err != nil {
 		f.Fatal(err)
 	}
+	// Run would start the engine that closes refused clients gracefully.
+	eng, err := h.srv.startEngine()
+	if err != nil {
+		f.Fatal(err)
+	}
+	h.srv.engine = eng
+	f.Cleanup(eng.Stop)
 	if h.ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
 		f.Fatal(err)
 	}

@@ -1,8 +1,7 @@
 package proxy
 
 import (
-	"errors"
-	"time"
+	"runtime/debug"
 
 	"go.uber.org/zap"
 )
@@ -10,11 +9,12 @@ import (
 // A panic in one connection's code ends that connection, never the
 // process: every edge is on the internet, and one bad input must not take
 // every route down. Each goroutine that runs a connection's code recovers:
-// serveConn (accept to hand-off, and the goroutine splice), finishSession
-// (the end of a session that ran on an event loop), and the event loop
-// around its work on each session. The panic is logged with its stack and
-// counted in spacegate_panics_total; an alert on that counter is the way
-// to learn of it, as the client only sees its connection close.
+// serveConn (accept to hand-off), sessionEnded and closed (the end of a
+// connection, when the engine has closed its sockets); the engine recovers
+// a panic in a session's framer on its own goroutines and ends that
+// session, which sessionEnded reports. The panic is logged with its stack
+// and counted in spacegate_panics_total; an alert on that counter is the
+// way to learn of it, as the client only sees its connection close.
 
 // A hookPoint names a place in a connection's life where tests may run
 // code (Server.hook), to prove that a panic there is contained.
@@ -22,8 +22,8 @@ type hookPoint uint8
 
 const (
 	hookAdmitted hookPoint = iota // serve goroutine, every check passed
-	hookLoopAdd                   // event loop, the session is being added
-	hookFinish                    // finishing a session that ran on the loop
+	hookOnEngine                  // the engine, the session's framer at its first bytes
+	hookFinish                    // finishing a session that ran on the engine
 )
 
 // hook runs the test hook at p, if any. Only tests set Server.testHook;
@@ -34,24 +34,25 @@ func (s *Server) hook(c *conn, p hookPoint) {
 	}
 }
 
-// errPanicked ends a session whose code panicked on an event loop.
-var errPanicked = errors.New("internal error (recovered panic)")
-
-// notePanic logs and counts a recovered panic of c's code. It must be
-// called from the deferred function that recovered, so that the stack it
-// records still holds the panicking frames.
-func (s *Server) notePanic(c *conn, v any) {
+// notePanic logs and counts a recovered panic of c's code, with the stack
+// of the goroutine that panicked: stack, or if nil the caller's, which
+// must then be the deferred function that recovered, so that it still
+// holds the panicking frames.
+func (s *Server) notePanic(c *conn, v any, stack []byte) {
+	if stack == nil {
+		stack = debug.Stack()
+	}
 	s.metrics.Panics.Inc()
 	s.log.Error("panic in connection code; the connection was closed, the gate goes on",
 		zap.String("id", c.id), zap.String("route", c.routeName()), zap.String("source", c.src.String()),
-		zap.String("phase", c.phase.String()), zap.Any("panic", v), zap.Stack("stack"))
+		zap.String("phase", c.phase.String()), zap.Any("panic", v), zap.String("stack", string(stack)))
 }
 
 // recoverPanic, deferred on a goroutine that owns c, turns a panic into
 // the end of c alone.
 func (c *conn) recoverPanic() {
 	if v := recover(); v != nil {
-		c.srv.notePanic(c, v)
+		c.srv.notePanic(c, v, nil)
 		c.abandon()
 	}
 }
@@ -64,10 +65,11 @@ func (c *conn) abandon() {
 	// conn.go) would leave mu held: do not wait for it.
 	if c.mu.TryLock() {
 		c.aborted = true
-		for _, t := range []*time.Timer{c.cutTimer, c.expiry} {
-			if t != nil {
-				t.Stop()
-			}
+		if c.expiry != nil {
+			c.expiry.Stop()
+		}
+		if c.dialCancel != nil {
+			c.dialCancel()
 		}
 		c.mu.Unlock()
 	}
@@ -77,27 +79,7 @@ func (c *conn) abandon() {
 	}
 	c.release()
 	c.phase = PhaseClosed
-}
-
-// recoverPanic, deferred around the event loop's work on s, ends s alone.
-func (s *session) recoverPanic() {
-	v := recover()
-	if v == nil {
-		return
+	if c.ended.CompareAndSwap(false, true) {
+		c.srv.wg.Done()
 	}
-	s.c.srv.notePanic(s.c, v)
-	if s.done {
-		return
-	}
-	defer func() {
-		if v := recover(); v != nil {
-			// Ending it panicked too: leave its slot to the loop (done
-			// sessions are skipped) and finish it off the loop, which
-			// closes its sockets and releases what it holds.
-			s.c.srv.notePanic(s.c, v)
-			s.done = true
-			go s.c.finishSession(s, errPanicked)
-		}
-	}()
-	s.end(errPanicked)
 }

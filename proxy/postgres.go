@@ -274,7 +274,7 @@ func (c *conn) sendCancels(ctx context.Context, routes []*Route, pkt []byte, del
 			// must not take the process with it.
 			defer func() {
 				if p := recover(); p != nil {
-					c.srv.notePanic(c, p)
+					c.srv.notePanic(c, p, nil)
 					errs[i] = fmt.Errorf("panic forwarding a cancel: %v", p)
 				}
 			}()

@@ -19,6 +19,7 @@ import (
 	"github.com/spacegate/spacegate/admin"
 	"github.com/spacegate/spacegate/config"
 	"github.com/spacegate/spacegate/internal/filewatch"
+	"github.com/spacegate/spacegate/internal/splice"
 )
 
 // Options configure a Server.
@@ -42,8 +43,10 @@ type Options struct {
 	// Name is the replica's name in /v1/status and /v1/fleet. If empty,
 	// the host name.
 	Name string
-	// GoroutineSplice copies every session with two goroutines, as the
-	// gate did before its event loops (loop.go): for comparison and tests.
+	// GoroutineSplice runs every session on two goroutines, the engine's
+	// portable implementation (splice.Options.Portable), rather than on its
+	// event loops: for comparison and tests, and what other systems than
+	// Linux get anyway.
 	GoroutineSplice bool
 }
 
@@ -56,7 +59,6 @@ type Server struct {
 	now      func() time.Time
 	snap     atomic.Pointer[Snapshot]
 	conns    registry
-	bufs     sync.Pool
 	limits   limiter
 	health   healthState
 	pending  atomic.Int64 // accepted connections not yet admitted or refused: pool's size
@@ -81,7 +83,7 @@ type Server struct {
 	draining atomic.Bool
 
 	goroutineSplice bool
-	loops           *loops // while running, unless goroutineSplice
+	engine          *splice.Engine // while running: the sessions, and the graceful close of refusals
 
 	testHook func(*conn, hookPoint) // set by tests before Run; see hook
 }
@@ -122,7 +124,6 @@ func NewServer(opts Options) (*Server, error) {
 	if s.now == nil {
 		s.now = time.Now
 	}
-	s.bufs.New = func() any { b := make([]byte, spliceBufSize); return &b }
 	s.pool.count = &s.pending
 	s.refusals = newRefusalLog(s.log)
 	s.conns.init()
@@ -168,14 +169,14 @@ func (s *Server) Run(ctx context.Context) error {
 		s.closeListeners()
 		return err
 	}
-	if !s.goroutineSplice {
-		if ls, err := startLoops(0); err != nil {
-			s.log.Warn("event loops unavailable: sessions are copied by goroutines", zap.Error(err))
-		} else {
-			s.loops = ls
-			defer ls.stop() // after the drain: every session has ended
-		}
+	eng, err := s.startEngine()
+	if err != nil {
+		s.closeListeners()
+		s.stopAdmin()
+		return err
 	}
+	s.engine = eng
+	defer eng.Stop() // after the drain: every session and close has ended
 	connCtx, cancelConns := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelConns()
 	s.mu.Lock()
@@ -390,29 +391,44 @@ func (s *Server) serveConn(ctx context.Context, snap *Snapshot, l *Listener, pee
 		c.route = l.Routes[0]
 	}
 	s.conns.add(c)
-	handedOff := false
-	defer func() {
-		if !handedOff {
-			s.wg.Done() // else the event loop's finishSession does
-		}
-	}()
 	defer func() {
 		if v := recover(); v != nil {
-			s.notePanic(c, v)
+			s.notePanic(c, v, nil)
 			c.mu.Lock()
-			onLoop := c.sess != nil
+			onEngine := c.sess != nil
 			c.mu.Unlock()
-			if onLoop {
-				// The loop took the session before the panic: it ends it,
-				// and finishSession releases what it holds.
-				handedOff = true
+			if onEngine {
+				// The engine took the session before the panic: it ends
+				// it, and sessionEnded releases what it holds.
 				c.abort()
 				return
 			}
 			c.abandon()
 		}
 	}()
-	handedOff = c.serve(ctx)
+	c.serve(ctx) // s.wg.Done comes with the connection's end (conn.done)
+}
+
+// startEngine starts the engine that runs sessions: on event loops unless
+// GoroutineSplice asks for goroutines, or the loops cannot start.
+func (s *Server) startEngine() (*splice.Engine, error) {
+	o := splice.Options{
+		Portable: s.goroutineSplice,
+		OnPanic: func(v any, stack []byte) {
+			s.metrics.Panics.Inc()
+			s.log.Error("panic ending a connection; the gate goes on", zap.Any("panic", v), zap.String("stack", string(stack)))
+		},
+		OnError: func(err error) {
+			s.log.Error("event loop failed: its sessions were closed; new ones go to the other loops", zap.Error(err))
+		},
+	}
+	eng, err := splice.Start(o)
+	if err == nil || o.Portable {
+		return eng, err
+	}
+	s.log.Warn("event loops unavailable: sessions are copied by goroutines", zap.Error(err))
+	o.Portable = true
+	return splice.Start(o)
 }
 
 // addrPort returns a connection's address with IPv4-mapped IPv6 addresses

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"strings"
-	"sync"
 	"testing"
 )
 
@@ -70,32 +69,6 @@ func TestReasonNames(t *testing.T) {
 		if r.String() == "" || r.String() == "unknown" {
 			t.Errorf("reason %d has no name", r)
 		}
-	}
-}
-
-// TestSpliceBufGrowsForBulkAndShrinksWhenIdle: small reads keep the small
-// buffer; a read that fills it switches to a pooled large one, which goes
-// back to the pool once reads are small again.
-func TestSpliceBufGrowsForBulkAndShrinksWhenIdle(t *testing.T) {
-	pool := &sync.Pool{New: func() any { b := make([]byte, spliceBufSize); return &b }}
-	b := newSpliceBuf(pool)
-	for _, step := range []struct {
-		last int
-		want int
-	}{
-		{0, spliceSmallBufSize},
-		{100, spliceSmallBufSize},
-		{spliceSmallBufSize, spliceBufSize}, // filled: bulk
-		{spliceBufSize, spliceBufSize},
-		{9000, spliceBufSize}, // still bulk-sized
-		{10, spliceSmallBufSize},
-	} {
-		if got := len(b.next(step.last)); got != step.want {
-			t.Fatalf("after a read of %d: buffer of %d, want %d", step.last, got, step.want)
-		}
-	}
-	if b.big != nil {
-		t.Fatal("large buffer kept after small reads")
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/spacegate/spacegate/config"
+	"github.com/spacegate/spacegate/internal/splice"
 )
 
 func upstreamDownMsg(r *Route) string {
@@ -16,8 +17,31 @@ func upstreamDownMsg(r *Route) string {
 }
 
 // dialUpstream connects to the route's upstream within the connect
-// timeout, with TLS if the route asks for it.
+// timeout, with TLS if the route asks for it. A cut meanwhile cancels the
+// dial, and its reason is returned, for finish to tell the client.
 func (c *conn) dialUpstream(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	c.mu.Lock()
+	if r := c.cutReason; r != nil {
+		c.mu.Unlock()
+		return r
+	}
+	c.dialCancel = cancel
+	c.mu.Unlock()
+	err := c.dial(ctx)
+	c.mu.Lock()
+	c.dialCancel = nil
+	r := c.cutReason
+	c.mu.Unlock()
+	if r != nil {
+		return r // finish closes the upstream, if it was set
+	}
+	return err
+}
+
+// dial is dialUpstream's connect, until ctx is cancelled.
+func (c *conn) dial(ctx context.Context) error {
 	start := time.Now()
 	timeout := c.snap.Config.Limits.UpstreamConnectTimeout
 	d := net.Dialer{Timeout: timeout}
@@ -27,10 +51,15 @@ func (c *conn) dialUpstream(ctx context.Context) error {
 	}
 	if c.route.UpstreamTLS != nil {
 		_ = up.SetDeadline(time.Now().Add(timeout))
-		fup := newFdConn(up) // so that an event loop can take it over
+		// The SSLRequest's answer is read under the deadline, not ctx.
+		stop := context.AfterFunc(ctx, func() { _ = up.SetDeadline(time.Now()) })
+		fup := splice.Wrap(up) // so that the engine can take the socket over
 		tup, err := upstreamTLS(ctx, c.route, fup)
-		if err != nil {
+		if !stop() || err != nil {
 			up.Close()
+			if err == nil {
+				err = ctx.Err()
+			}
 			return err
 		}
 		_ = up.SetDeadline(time.Time{})
