@@ -22,8 +22,13 @@ type Gate interface {
 	// Status returns the document of /v1/status.
 	Status() Status
 	// IsReady reports whether the gate wants new connections: every
-	// listener open and not draining. /readyz answers 503 otherwise.
+	// listener open, not draining and, if the config asks, some upstream
+	// reachable. /readyz answers 503 otherwise.
 	IsReady() bool
+	// NotReady returns why the gate is not ready, in a few words for the
+	// body of /readyz (which anyone who reaches the endpoint may read: no
+	// addresses), or "" when it is ready.
+	NotReady() string
 	// AdminToken returns the bearer token in force, or nil when there is
 	// none. It is asked on every request, so that a reload that changes
 	// the token takes effect at once.
@@ -71,8 +76,8 @@ func Handler(gate Gate, opts Options) http.Handler {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !gate.IsReady() {
-			http.Error(w, "not ready", http.StatusServiceUnavailable)
+		if why := gate.NotReady(); why != "" {
+			http.Error(w, "not ready: "+why, http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ready")

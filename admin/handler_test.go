@@ -40,6 +40,13 @@ func (g *gate) IsReady() bool {
 	return g.ready
 }
 
+func (g *gate) NotReady() string {
+	if g.IsReady() {
+		return ""
+	}
+	return "the test says so"
+}
+
 func (g *gate) AdminToken() []byte {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -158,8 +165,8 @@ func TestHandlerProbes(t *testing.T) {
 	if resp, body := get(t, srv, "/healthz", ""); resp.StatusCode != http.StatusOK || body != "ok\n" {
 		t.Errorf("/healthz: %s %q", resp.Status, body)
 	}
-	if resp, _ := get(t, srv, "/readyz", ""); resp.StatusCode != http.StatusServiceUnavailable {
-		t.Errorf("/readyz while not ready: %s, want 503", resp.Status)
+	if resp, body := get(t, srv, "/readyz", ""); resp.StatusCode != http.StatusServiceUnavailable || body != "not ready: the test says so\n" {
+		t.Errorf("/readyz while not ready: %s %q, want 503 with the gate's reason", resp.Status, body)
 	}
 	g.set(func(g *gate) { g.ready = true })
 	if resp, body := get(t, srv, "/readyz", ""); resp.StatusCode != http.StatusOK || body != "ready\n" {

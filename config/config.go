@@ -44,6 +44,12 @@ type Admin struct {
 	// /v1/fleet asks them all, with the token of TokenFile. Empty means
 	// the fleet is this replica alone.
 	Fleet []string `yaml:"fleet"`
+	// ReadyRequiresUpstream makes /readyz answer 503 while no enabled
+	// route's upstream answers the gate's probes. Off by default: with it,
+	// a database outage takes every replica out of the load balancer, and
+	// clients get connection refused rather than a FATAL naming the route.
+	// For a balancer that should fail over to another site.
+	ReadyRequiresUpstream bool `yaml:"ready_requires_upstream"`
 }
 
 // Log selects the log level and encoding.

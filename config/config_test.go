@@ -186,6 +186,10 @@ func TestAdminListenRule(t *testing.T) {
 		{"admin:\n  listen: \"[::]:9187\"\n", "c.yaml:2: admin.listen [::]:9187 is not a loopback address"},
 		{"admin:\n  listen: localhost:9187\n", "c.yaml:2: admin.listen localhost:9187 is not a loopback address"},
 		{"admin:\n  listen: :0\n", `c.yaml:2: admin.listen: "127.0.0.1:0": port "0" is not a number`},
+		{"admin:\n  listen: :9187\n  ready_requires_upstream: true\n", ""},
+		{"admin:\n  ready_requires_upstream: false\n", ""},
+		{"admin:\n  ready_requires_upstream: true\n", "c.yaml:2: admin.ready_requires_upstream is set, but /readyz is served only on admin.listen"},
+		{"admin:\n  listen: :9187\n  ready_requires_upstream: sometimes\n", "c.yaml:3"},
 	} {
 		_, err := Parse([]byte(tc.admin+minimalConfig), "c.yaml")
 		switch {

@@ -354,12 +354,16 @@ func (c *Config) resolvePaths() {
 	}
 }
 
-// validate checks admin.listen, and that an address other than loopback
-// comes with a token: /v1/status lists every live session and pprof shows
-// the process's memory.
+// validate checks admin.listen, that an address other than loopback
+// comes with a token (/v1/status lists every live session and pprof shows
+// the process's memory), and that ready_requires_upstream has a /readyz to
+// act on.
 func (a *Admin) validate(v *validator) {
 	a.validateFleet(v)
 	if a.Listen == "" {
+		if a.ReadyRequiresUpstream {
+			v.addf([]any{"admin", "ready_requires_upstream"}, "admin.ready_requires_upstream is set, but /readyz is served only on admin.listen, which is not: set admin.listen or remove the key")
+		}
 		return
 	}
 	if err := checkHostPort(a.Addr()); err != nil {

@@ -71,15 +71,30 @@ func (s *Server) Status() admin.Status {
 	return st
 }
 
-// IsReady reports whether the gate wants new connections: every listener
-// accepts, and it is not draining (/readyz).
-func (s *Server) IsReady() bool {
+// IsReady reports whether the gate wants new connections (/readyz): see
+// NotReady.
+func (s *Server) IsReady() bool { return s.NotReady() == "" }
+
+// NotReady returns why the gate does not want new connections, or "" when
+// it does: every listener accepts, it is not draining and, with
+// admin.ready_requires_upstream, the last probe of some enabled route found
+// its upstream reachable.
+func (s *Server) NotReady() string {
 	select {
 	case <-s.ready:
-		return !s.draining.Load()
 	default:
-		return false
+		return "starting: the listeners are not open yet"
 	}
+	if s.draining.Load() {
+		return "shutting down"
+	}
+	snap := s.Snapshot()
+	if snap.Config.Admin.ReadyRequiresUpstream {
+		if ok, n := s.upstreamsReachable(snap); !ok {
+			return fmt.Sprintf("no upstream is reachable (%d enabled routes; admin.ready_requires_upstream is on)", n)
+		}
+	}
+	return ""
 }
 
 // AdminToken returns the admin token of the snapshot in force, nil when

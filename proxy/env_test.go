@@ -119,6 +119,8 @@ type envOptions struct {
 	goroutineSplice bool
 	// testHook, if set, is the server's test hook (Server.hook).
 	testHook func(*conn, hookPoint)
+	admin    string      // more keys under admin:, indented two spaces
+	probe    probeTiming // Server.probeTiming; zero: the defaults
 }
 
 // env is a running gate in front of real upstreams, with its PKI.
@@ -135,13 +137,14 @@ type env struct {
 	stop            context.CancelFunc
 	goroutineSplice bool
 	testHook        func(*conn, hookPoint)
+	probe           probeTiming
 	done            chan error
 	cfgPath         string
 }
 
 func newEnv(t testing.TB, o envOptions) *env {
 	t.Helper()
-	e := &env{t: t, dir: t.TempDir(), pki: o.pki, goroutineSplice: o.goroutineSplice, testHook: o.testHook}
+	e := &env{t: t, dir: t.TempDir(), pki: o.pki, goroutineSplice: o.goroutineSplice, testHook: o.testHook, probe: o.probe}
 	if e.pki == nil {
 		e.pki = testenv.NewPKI(t)
 	}
@@ -182,7 +185,7 @@ func newEnv(t testing.TB, o envOptions) *env {
 	cfg := fmt.Sprintf(o.top+`
 admin:
   listen: %s
-tls:
+%stls:
   cert_file: %s
   key_file: %s
   client_ca_file: %s
@@ -193,7 +196,7 @@ limits:
   upstream_connect_timeout: 2s
   drain_timeout: %s
 %sroutes:
-%s`, testenv.FreeAddr(t), e.pki.ServerCertFile, e.pki.ServerKeyFile, e.pki.CAFile, e.pki.CRLFile,
+%s`, testenv.FreeAddr(t), o.admin, e.pki.ServerCertFile, e.pki.ServerKeyFile, e.pki.CAFile, e.pki.CRLFile,
 		o.maxConnections, o.handshakeTimeout, o.drainTimeout, o.limits, routes.String())
 	e.cfgPath = filepath.Join(e.dir, "spacegate.yaml")
 	if err := os.WriteFile(e.cfgPath, []byte(cfg), 0o644); err != nil {
@@ -234,6 +237,7 @@ func (e *env) start() {
 		t.Fatalf("NewServer: %v", err)
 	}
 	srv.testHook = e.testHook
+	srv.probeTiming = e.probe
 	e.srv = srv
 	ctx, cancel := context.WithCancel(context.Background())
 	e.stop = cancel

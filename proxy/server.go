@@ -85,7 +85,8 @@ type Server struct {
 	goroutineSplice bool
 	engine          *splice.Engine // while running: the sessions, and the graceful close of refusals
 
-	testHook func(*conn, hookPoint) // set by tests before Run; see hook
+	testHook    func(*conn, hookPoint) // set by tests before Run; see hook
+	probeTiming probeTiming            // set by tests before Run; zero: the defaults
 }
 
 // NewServer loads every file the config names and returns a Server ready to
@@ -201,7 +202,7 @@ func (s *Server) Run(ctx context.Context) error {
 	probeDone := make(chan struct{})
 	go func() {
 		defer close(probeDone)
-		s.probeUpstreams(watchCtx, upstreamProbeInterval)
+		s.probeUpstreams(watchCtx)
 	}()
 	s.logWarnings(snap)
 	close(s.ready)
