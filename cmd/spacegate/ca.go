@@ -30,7 +30,7 @@ type caFlags struct {
 }
 
 func newCACmd() *cobra.Command {
-	return newGroupCmd("ca", "Create, rotate and prune the space CA", newCAInitCmd(), newCARotateCmd(), newCAPruneCmd(), newCACheckCmd())
+	return newGroupCmd("ca", "Create, rotate, prune and check the space CA", newCAInitCmd(), newCARotateCmd(), newCAPruneCmd(), newCACheckCmd())
 }
 
 func newCAInitCmd() *cobra.Command {

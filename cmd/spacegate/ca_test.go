@@ -2,6 +2,7 @@ package main
 
 import (
 	"crypto/rsa"
+	"encoding/json"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -140,6 +141,12 @@ func TestCARotatePKIDir(t *testing.T) {
 	}
 	if code, stdout, stderr := runCLI(t, "ca", "rotate", "--pki-dir", dir); code != exitOK || !strings.Contains(stdout, "status: unknown") {
 		t.Errorf("ca rotate --pki-dir: exit %d, want 0 with the fleet unknown\n%s%s", code, stdout, stderr)
+	}
+	code, stdout, stderr := runCLI(t, "ca", "rotate", "--pki-dir", dir, "--json", "--name", "third")
+	var v rotateView
+	if err := json.Unmarshal([]byte(stdout), &v); err != nil || code != exitOK || v.Created.Subject != "CN=third" ||
+		len(v.Bundle) != 3 || v.Bundle[0].Subject != "CN=third" || v.Status != ruleNoAdmin || v.Replicas != nil {
+		t.Errorf("ca rotate --json: exit %d, %+v (%v)\n%s%s", code, v, err, stdout, stderr)
 	}
 	nobody := "http://" + testenv.FreeAddr(t)
 	if code, stdout, stderr := runCLI(t, "ca", "check", "--pki-dir", dir, "--admin", nobody); code != exitWait || !strings.Contains(stderr, "gate not reachable") {
