@@ -25,10 +25,12 @@ type caFlags struct {
 	keyType     string
 	name        string
 	serverNames []string
+	json        bool
+	fleet       caFleetFlags // ca rotate
 }
 
 func newCACmd() *cobra.Command {
-	return newGroupCmd("ca", "Create, rotate and prune the space CA", newCAInitCmd(), newCARotateCmd(), newCAPruneCmd())
+	return newGroupCmd("ca", "Create, rotate, prune and check the space CA", newCAInitCmd(), newCARotateCmd(), newCAPruneCmd(), newCACheckCmd())
 }
 
 func newCAInitCmd() *cobra.Command {
@@ -61,7 +63,10 @@ func newCARotateCmd() *cobra.Command {
 			"trusts certificates of both: nothing stops working. New client certificates are signed by the\n" +
 			"new CA, and ca.crl gains the new CA's own CRL beside the old one's (one CRL per CA). The old CA's\n" +
 			"key is kept in pki.dir/ca-retired/, to sign its CRL. Once every certificate of the old CA is\n" +
-			"replaced, revoked or expired, end the rotation with: spacegate ca prune",
+			"replaced, revoked or expired, end the rotation with: spacegate ca prune\n" +
+			"It shows \"trusting (2/3; not yet: URL)\" until every replica of admin.fleet trusts exactly the new\n" +
+			"bundle on each route that trusts any of its CAs (routes with another client_ca_file are ignored),\n" +
+			"then \"trusted (3/3 replicas)\"; `spacegate ca check --wait` asks again later.\n" + exitCodesHelp,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runCARotate(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), f)
@@ -71,6 +76,8 @@ func newCARotateCmd() *cobra.Command {
 	cmd.Flags().StringVar(&f.pkiDir, "pki-dir", "", "rotate the CA in this directory instead of the config's pki.dir")
 	cmd.Flags().StringVar(&f.keyType, "key-type", "", "key of the new CA: ecdsa-p256 or rsa-2048 (default: that of the current CA)")
 	cmd.Flags().StringVar(&f.name, "name", "", "common name of the new CA (default: the current one with a generation suffix such as G2)")
+	cmd.Flags().BoolVar(&f.json, "json", false, "print JSON")
+	f.fleet.register(cmd, changeWait)
 	return cmd
 }
 
@@ -150,6 +157,10 @@ func runCARotate(ctx context.Context, w, errW io.Writer, f caFlags) error {
 	if err != nil {
 		return err
 	}
+	gate, err := f.fleet.gate(e)
+	if err != nil {
+		return err
+	}
 	ca, err := store.RotateCA(ctx, tlsconf.CAOptions{CommonName: f.name, KeyType: kt})
 	if errors.Is(err, tlsconf.ErrNoCA) {
 		return withHint(err, "there is no CA to rotate; create it with: spacegate ca init")
@@ -163,6 +174,14 @@ func runCARotate(ctx context.Context, w, errW io.Writer, f caFlags) error {
 	bundle, err := store.Bundle()
 	if err != nil {
 		return err
+	}
+	fw := f.fleet.awaitBundle(ctx, gate, bundle)
+	if f.json {
+		v := rotateView{Created: viewCA(ca.Cert), Bundle: viewCAs(bundle), Status: fw.status(bundleTrusted, bundleTrusting), Replicas: fw.replicas()}
+		if err := writeJSON(w, v); err != nil {
+			return err
+		}
+		return fw.err("the new CA bundle "+store.CAFile(), f.fleet.wait)
 	}
 	fmt.Fprintf(w, "created space CA %q (%s, expires %s); it signs new certificates from now on, and %s holds its CRL\n",
 		ca.Cert.Subject.CommonName, describeKey(ca.Cert), showTime(ca.Cert.NotAfter), store.CRLFile())
@@ -183,10 +202,20 @@ func runCARotate(ctx context.Context, w, errW io.Writer, f caFlags) error {
 		return err
 	}
 	fmt.Fprintln(w, "certificates of the old CA keep working; replace them with `spacegate certs create` at your pace,\nthen remove the old CA with `spacegate ca prune`")
+	fmt.Fprintf(w, "status: %s\n", fw.state(bundleTrusted, bundleTrusting))
 	if e != nil {
 		e.pkiNotes(errW)
 	}
-	return nil
+	return fw.err("the new CA bundle "+store.CAFile(), f.fleet.wait)
+}
+
+// rotateView is the output of ca rotate --json: the new CA, the bundle
+// (signing CA first) and whether every replica trusts it.
+type rotateView struct {
+	Created  caView         `json:"created"`
+	Bundle   []caView       `json:"bundle"`
+	Status   string         `json:"status"`
+	Replicas *fleetProgress `json:"replicas,omitempty"`
 }
 
 // describeKey names the key algorithm of c.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"crypto/rsa"
+	"encoding/json"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spacegate/spacegate/internal/testenv"
 	"github.com/spacegate/spacegate/tlsconf"
 )
 
@@ -89,8 +91,8 @@ func TestCAInitOptions(t *testing.T) {
 func TestCARotate(t *testing.T) {
 	e := newAdminEnv(t, "127.0.0.1:1", "127.0.0.1:1")
 	old := e.createCert(t, "db")
-	out := e.mustRun(t, "ca", "rotate")
-	if !strings.Contains(out, "trusts 2 CAs") {
+	out := e.mustRunCode(t, exitWait, "ca", "rotate") // no gate runs to confirm it
+	if !strings.Contains(out, "trusts 2 CAs") || !strings.Contains(out, "status: "+ruleUnreachable) {
 		t.Errorf("ca rotate output does not say the bundle has 2 CAs:\n%s", out)
 	}
 	bundle := readCerts(t, filepath.Join(e.pki, "ca.crt"))
@@ -126,6 +128,32 @@ func TestCARotate(t *testing.T) {
 	chain := readCerts(t, filepath.Join(e.pki, "clients", old.ID, "postgresql.crt"))
 	if _, err := m.Verify(chain, time.Now()); err == nil || !strings.Contains(err.Error(), "revoked") {
 		t.Errorf("old-CA certificate revoked after rotation: Verify = %v, want revoked", err)
+	}
+}
+
+// TestCARotatePKIDir: with --pki-dir there is no config, hence no admin
+// endpoint to ask unless --admin names one: rotate and prune only write
+// files and exit 0; with an --admin where nothing listens, 3.
+func TestCARotatePKIDir(t *testing.T) {
+	dir := t.TempDir()
+	if code, stdout, stderr := runCLI(t, "ca", "init", "--pki-dir", dir); code != exitOK {
+		t.Fatalf("ca init --pki-dir: exit %d\n%s%s", code, stdout, stderr)
+	}
+	if code, stdout, stderr := runCLI(t, "ca", "rotate", "--pki-dir", dir); code != exitOK || !strings.Contains(stdout, "status: unknown") {
+		t.Errorf("ca rotate --pki-dir: exit %d, want 0 with the fleet unknown\n%s%s", code, stdout, stderr)
+	}
+	code, stdout, stderr := runCLI(t, "ca", "rotate", "--pki-dir", dir, "--json", "--name", "third")
+	var v rotateView
+	if err := json.Unmarshal([]byte(stdout), &v); err != nil || code != exitOK || v.Created.Subject != "CN=third" ||
+		len(v.Bundle) != 3 || v.Bundle[0].Subject != "CN=third" || v.Status != ruleNoAdmin || v.Replicas != nil {
+		t.Errorf("ca rotate --json: exit %d, %+v (%v)\n%s%s", code, v, err, stdout, stderr)
+	}
+	nobody := "http://" + testenv.FreeAddr(t)
+	if code, stdout, stderr := runCLI(t, "ca", "check", "--pki-dir", dir, "--admin", nobody); code != exitWait || !strings.Contains(stderr, "gate not reachable") {
+		t.Errorf("ca check --admin %s with no gate: exit %d, want 3\n%s%s", nobody, code, stdout, stderr)
+	}
+	if code, stdout, stderr := runCLI(t, "ca", "prune", "--pki-dir", dir); code != exitOK || !strings.Contains(stdout, "removed retired CA") {
+		t.Errorf("ca prune --pki-dir: exit %d, want 0\n%s%s", code, stdout, stderr)
 	}
 }
 

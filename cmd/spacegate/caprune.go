@@ -15,15 +15,12 @@ import (
 	"github.com/spacegate/spacegate/tlsconf"
 )
 
-// TODO(issue 14, item 9): --wait DURATION on ca rotate and ca prune, to
-// report when every replica of admin.fleet trusts the new bundle; it needs
-// the fleet client of /v1/fleet, built beside this.
-
 type caPruneFlags struct {
 	config string
 	pkiDir string
 	force  bool
 	json   bool
+	fleet  caFleetFlags
 }
 
 func newCAPruneCmd() *cobra.Command {
@@ -36,7 +33,10 @@ func newCAPruneCmd() *cobra.Command {
 			"Otherwise nothing changes and it exits 1, naming those certificates: replace them\n" +
 			"(certs create), revoke them, or let them expire. --force removes the CAs anyway; their\n" +
 			"certificates are then refused by the gate as not signed by the space CA, and live sessions\n" +
-			"that use them are cut at the reload. The retired keys stay in pki.dir/ca-retired/.",
+			"that use them are cut at the reload. The retired keys stay in pki.dir/ca-retired/.\n" +
+			"It shows \"pruning (2/3; not yet: URL)\" until every replica of admin.fleet trusts exactly the pruned\n" +
+			"bundle on each route that trusts any of its CAs (routes with another client_ca_file are ignored),\n" +
+			"then \"pruned (3/3 replicas)\"; with nothing to prune it checks the bundle as it is (\"trusted\").\n" + exitCodesHelp,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runCAPrune(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), f)
@@ -46,6 +46,7 @@ func newCAPruneCmd() *cobra.Command {
 	cmd.Flags().StringVar(&f.pkiDir, "pki-dir", "", "prune the CA bundle in this directory instead of the config's pki.dir")
 	cmd.Flags().BoolVar(&f.force, "force", false, "remove retired CAs even while live certificates chain to them")
 	cmd.Flags().BoolVar(&f.json, "json", false, "print JSON")
+	f.fleet.register(cmd, changeWait)
 	return cmd
 }
 
@@ -75,16 +76,23 @@ type liveCertView struct {
 }
 
 // pruneView is the output of ca prune --json. Removed is empty when the
-// prune was refused (exit 1); Live then names what stands in the way.
+// prune was refused (exit 1); Live then names what stands in the way, and
+// Status is "" (the fleet is not asked).
 type pruneView struct {
-	Removed []caView       `json:"removed"`
-	Kept    []caView       `json:"kept"`
-	Live    []liveCertView `json:"live"`
-	Forced  bool           `json:"forced"`
+	Removed  []caView       `json:"removed"`
+	Kept     []caView       `json:"kept"`
+	Live     []liveCertView `json:"live"`
+	Forced   bool           `json:"forced"`
+	Status   string         `json:"status,omitempty"`
+	Replicas *fleetProgress `json:"replicas,omitempty"`
 }
 
 func runCAPrune(ctx context.Context, w, errW io.Writer, f caPruneFlags) error {
 	store, e, err := caFlags{config: f.config, pkiDir: f.pkiDir}.pkiStore()
+	if err != nil {
+		return err
+	}
+	gate, err := f.fleet.gate(e)
 	if err != nil {
 		return err
 	}
@@ -122,6 +130,21 @@ func runCAPrune(ctx context.Context, w, errW io.Writer, f caPruneFlags) error {
 			}
 		}
 	}
+	// The fleet is asked once the files are written: whether every replica
+	// trusts the pruned bundle, or, with nothing to prune, the bundle as is.
+	var fw fleetWait
+	doneState, pendingState := bundlePruned, bundlePruning
+	if len(p.Removed) == 0 {
+		doneState, pendingState = bundleTrusted, bundleTrusting
+	}
+	if err == nil {
+		fw = f.fleet.awaitBundle(ctx, gate, p.Kept)
+		v.Status, v.Replicas = fw.status(doneState, pendingState), fw.replicas()
+	}
+	what := "the pruned CA bundle " + store.CAFile()
+	if len(p.Removed) == 0 {
+		what = "the CA bundle " + store.CAFile()
+	}
 	if f.json {
 		if jerr := writeJSON(w, v); jerr != nil {
 			return jerr
@@ -146,11 +169,11 @@ func runCAPrune(ctx context.Context, w, errW io.Writer, f caPruneFlags) error {
 		}
 	}
 	if f.json {
-		return nil
+		return fw.err(what, f.fleet.wait)
 	}
 	if len(p.Removed) == 0 {
-		fmt.Fprintf(w, "nothing to prune: %s holds only the signing CA\n", store.CAFile())
-		return nil
+		fmt.Fprintf(w, "nothing to prune: %s holds only the signing CA\nstatus: %s\n", store.CAFile(), fw.state(doneState, pendingState))
+		return fw.err(what, f.fleet.wait)
 	}
 	for _, c := range p.Removed {
 		fmt.Fprintf(w, "removed retired CA %q (serial %s, expires %s) from %s, and its CRL from %s\n",
@@ -168,8 +191,9 @@ func runCAPrune(ctx context.Context, w, errW io.Writer, f caPruneFlags) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	fmt.Fprintf(w, "status: %s\n", fw.state(doneState, pendingState))
 	if e != nil {
 		e.pkiNotes(errW)
 	}
-	return nil
+	return fw.err(what, f.fleet.wait)
 }

@@ -46,7 +46,7 @@ func TestCAPrune(t *testing.T) {
 	e := newAdminEnv(t, "127.0.0.1:1", "127.0.0.1:1")
 	live := e.createCert(t, "db")
 	expired := e.createExpired(t, "cache")
-	e.mustRun(t, "ca", "rotate")
+	e.mustRunCode(t, exitWait, "ca", "rotate") // no gate runs to confirm it
 	fresh := e.createCert(t, "db")
 	if n := countCRLs(t, filepath.Join(e.pki, "ca.crl")); n != 2 {
 		t.Errorf("ca.crl after rotate holds %d CRLs, want one per CA, 2", n)
@@ -74,7 +74,7 @@ func TestCAPrune(t *testing.T) {
 	}
 	code, stdout, _ = e.run(t, "ca", "prune", "--json")
 	var v pruneView
-	if err := json.Unmarshal([]byte(stdout), &v); code != exitError || err != nil {
+	if err := json.Unmarshal([]byte(stdout), &v); code != exitError || err != nil || v.Status != "" {
 		t.Fatalf("ca prune --json refused: exit %d, JSON error %v\n%s", code, err, stdout)
 	}
 	if len(v.Removed) != 0 || len(v.Kept) != 2 || len(v.Live) != 1 || v.Live[0].ID != live.ID || v.Live[0].Serial != live.Serial ||
@@ -84,8 +84,8 @@ func TestCAPrune(t *testing.T) {
 
 	// Revoked, the certificate no longer holds the old CA back.
 	e.mustRunCode(t, exitWait, "certs", "revoke", "db", "--id", live.ID) // no gate runs to confirm it
-	out := e.mustRun(t, "ca", "prune")
-	if !strings.Contains(out, `removed retired CA "`+tlsconf.DefaultCAName+`"`) || !strings.Contains(out, "now trusts 1 CA") {
+	out := e.mustRunCode(t, exitWait, "ca", "prune")
+	if !strings.Contains(out, `removed retired CA "`+tlsconf.DefaultCAName+`"`) || !strings.Contains(out, "now trusts 1 CA") || !strings.Contains(out, "status: "+ruleUnreachable) {
 		t.Errorf("ca prune output:\n%s", out)
 	}
 	bundle := readCerts(t, filepath.Join(e.pki, "ca.crt"))
@@ -101,7 +101,7 @@ func TestCAPrune(t *testing.T) {
 	if got := e.auditLines(t); got[len(got)-1].Action != "ca.prune" || got[len(got)-1].Subject != "CN="+tlsconf.DefaultCAName {
 		t.Errorf("last audit line %+v, want ca.prune of the old CA", got[len(got)-1])
 	}
-	if out := e.mustRun(t, "ca", "prune"); !strings.Contains(out, "nothing to prune") {
+	if out := e.mustRunCode(t, exitWait, "ca", "prune"); !strings.Contains(out, "nothing to prune") {
 		t.Errorf("second ca prune: %q, want nothing to prune", out)
 	}
 }
@@ -109,11 +109,11 @@ func TestCAPrune(t *testing.T) {
 func TestCAPruneForce(t *testing.T) {
 	e := newAdminEnv(t, "127.0.0.1:1", "127.0.0.1:1")
 	live := e.createCert(t, "db")
-	e.mustRun(t, "ca", "rotate")
+	e.mustRunCode(t, exitWait, "ca", "rotate") // no gate runs to confirm it
 	code, stdout, stderr := e.run(t, "ca", "prune", "--force", "--json")
 	var v pruneView
-	if err := json.Unmarshal([]byte(stdout), &v); code != exitOK || err != nil {
-		t.Fatalf("ca prune --force --json: exit %d, JSON error %v\n%s%s", code, err, stdout, stderr)
+	if err := json.Unmarshal([]byte(stdout), &v); code != exitWait || err != nil || v.Status != ruleUnreachable || v.Replicas != nil {
+		t.Fatalf("ca prune --force --json with no gate: exit %d, want 3, status %q, JSON error %v\n%s%s", code, v.Status, err, stdout, stderr)
 	}
 	if !v.Forced || len(v.Removed) != 1 || len(v.Kept) != 1 || len(v.Live) != 1 || v.Live[0].ID != live.ID {
 		t.Errorf("ca prune --force: %+v, want forced, 1 removed, 1 kept, %s named", v, live.ID)
@@ -131,7 +131,7 @@ func TestCAPruneForce(t *testing.T) {
 // that CA; the next ca rotate writes the missing CRL.
 func TestCheckWarnsCAWithoutCRL(t *testing.T) {
 	e := newAdminEnv(t, "127.0.0.1:1", "127.0.0.1:1")
-	e.mustRun(t, "ca", "rotate")
+	e.mustRunCode(t, exitWait, "ca", "rotate") // no gate runs to confirm it
 	crlFile := filepath.Join(e.pki, "ca.crl")
 	data, err := os.ReadFile(crlFile)
 	if err != nil {
@@ -146,7 +146,7 @@ func TestCheckWarnsCAWithoutCRL(t *testing.T) {
 	if !res.OK || len(res.Warnings) != 1 || !strings.Contains(res.Warnings[0], want) {
 		t.Errorf("check --json: ok %v, warnings %q; want ok and one warning containing %q", res.OK, res.Warnings, want)
 	}
-	e.mustRun(t, "ca", "rotate")
+	e.mustRunCode(t, exitWait, "ca", "rotate") // no gate runs to confirm it
 	if n := countCRLs(t, crlFile); n != 3 {
 		t.Errorf("after another rotate ca.crl holds %d CRLs, want 3 (one per CA)", n)
 	}

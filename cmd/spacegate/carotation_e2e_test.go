@@ -62,8 +62,8 @@ func TestCARotationToTheEnd(t *testing.T) {
 	g := startGate(t, e.config)
 	defer g.stop(t)
 
-	out := e.mustRun(t, "ca", "rotate")
-	if !strings.Contains(out, "holds its CRL") {
+	out := e.mustRun(t, "ca", "rotate", "--wait", "10s")
+	if !strings.Contains(out, "holds its CRL") || !strings.Contains(out, "status: trusted (1/1 replicas)") {
 		t.Errorf("ca rotate does not say the new CA has a CRL:\n%s", out)
 	}
 	twin := forgeTwin(t, e, doomed)
@@ -91,7 +91,9 @@ func TestCARotationToTheEnd(t *testing.T) {
 		t.Fatalf("ca prune with a live old-CA certificate: exit %d, stderr %q; want 1 naming %s", code, stderr, old.ID)
 	}
 	e.mustRun(t, "certs", "revoke", "db", "--id", old.ID)
-	e.mustRun(t, "ca", "prune")
+	if out := e.mustRun(t, "ca", "prune", "--wait", "10s"); !strings.Contains(out, "status: pruned (1/1 replicas)") {
+		t.Errorf("ca prune with the gate running:\n%s", out)
+	}
 	testenv.WaitFor(t, 10*time.Second, "the gate to refuse old-CA certificates as foreign", func() bool {
 		err = connect(client(old.ID))
 		return err != nil && strings.Contains(err.Error(), "is not signed by the space CA")

@@ -18,13 +18,14 @@ import (
 // addresses (SO_REUSEPORT), each with its own admin endpoint and all three
 // in admin.fleet, sharing one admin token. Replicas 1 and 2 read the
 // files of the adminEnv; replica 3 reads its own copies of the db rules
-// file and of the CRL, which the test lets go stale.
+// file, of the CA bundle and of the CRL, which the test lets go stale.
 type fleetEnv struct {
 	*adminEnv
 	token   string
 	admins  [3]string // admin base URLs, in replica order
 	rules3  string    // replica 3's copy of rules/db.yaml
 	crl3    string    // replica 3's copy of pki/ca.crl
+	ca3     string    // replica 3's copy of pki/ca.crt
 	configs [3]string
 }
 
@@ -52,15 +53,17 @@ func newFleetEnv(t *testing.T) *fleetEnv {
 	f.configs[1] = e.path("spacegate-2.yaml")
 	writeFile(t, f.configs[1], strings.Replace(withFleet, "listen: "+addrs[0]+"\n", "listen: "+addrs[1]+"\n", 1))
 
-	f.rules3, f.crl3 = e.path("replica-3", "db.yaml"), e.path("replica-3", "ca.crl")
+	f.rules3, f.crl3, f.ca3 = e.path("replica-3", "db.yaml"), e.path("replica-3", "ca.crl"), e.path("replica-3", "ca.crt")
 	if err := os.MkdirAll(e.path("replica-3"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	copyFile(t, e.path("rules", "db.yaml"), f.rules3)
 	copyFile(t, e.path("pki", "ca.crl"), f.crl3)
+	copyFile(t, e.path("pki", "ca.crt"), f.ca3)
 	third := strings.Replace(withFleet, "listen: "+addrs[0]+"\n", "listen: "+addrs[2]+"\n", 1)
 	third = strings.Replace(third, "ip_rules_file: rules/db.yaml", "ip_rules_file: replica-3/db.yaml", 1)
 	third = strings.Replace(third, "crl_file: pki/ca.crl", "crl_file: replica-3/ca.crl", 1)
+	third = strings.Replace(third, "client_ca_file: pki/ca.crt", "client_ca_file: replica-3/ca.crt", 1)
 	f.configs[2] = e.path("spacegate-3.yaml")
 	writeFile(t, f.configs[2], third)
 
