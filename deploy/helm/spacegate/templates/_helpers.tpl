@@ -41,6 +41,18 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- .Values.admin.token.existingSecret | default (printf "%s-admin-token" (include "spacegate.fullname" .)) }}
 {{- end }}
 
+{{/*
+spacegate.fleetService: the headless Service that lists every ready gate's
+admin endpoint; spacegate.fleetDNS: the admin.fleet entry that reaches it.
+*/}}
+{{- define "spacegate.fleetService" -}}
+{{- printf "%s-fleet" (include "spacegate.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "spacegate.fleetDNS" -}}
+{{- printf "dns:%s.%s.svc.cluster.local:%d" (include "spacegate.fleetService" .) .Release.Namespace (int .Values.admin.port) }}
+{{- end }}
+
 {{- define "spacegate.rulesConfigMap" -}}
 {{- .Values.existingRulesConfigMap | default (printf "%s-rules" (include "spacegate.fullname" .)) }}
 {{- end }}
