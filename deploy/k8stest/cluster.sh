@@ -11,7 +11,8 @@
 #
 # The binaries (kube-apiserver, kube-controller-manager, kube-scheduler and
 # kubectl v1.31.4 built from the Go module proxy, kwok for fake nodes) are
-# built once, about 7 minutes on 2 idle cores, into a versioned directory
+# built once (7 minutes on 2 idle cores; 33 measured on 2 cores shared with
+# other builds) into a versioned directory
 # ($SPACEGATE_K8S_CACHE, default ~/.cache/spacegate-k8stest), so later runs
 # on the same machine start in seconds. etcd comes from Debian (etcd-server),
 # installed with apt-get when missing.
