@@ -161,7 +161,7 @@ fleet_lists() {
 
 # check_release NAME VALUES: what helm installed is what the chart promises.
 check_release() {
-  local rel=$1 values=$2 manifest
+  local rel=$1 values=$2 manifest out kinds
   manifest=$(helm get manifest "$rel" -n "$ns")
   # Every object of the release exists.
   if ! out=$(kubectl get -n "$ns" -f - <<<"$manifest" 2>&1); then
@@ -280,10 +280,14 @@ for values in "" "$chart"/ci/*.yaml; do
   # Uninstall leaves nothing of the release: every namespaced kind is
   # listed, and only what Kubernetes puts in every namespace remains.
   helm_run "$logs/uninstall-$name" uninstall "$rel" -n "$ns" --wait --timeout "$wait_timeout"
-  kinds=$(kubectl api-resources --verbs=list --namespaced -o name | grep -vE '^(events|events\.events\.k8s\.io)$' | paste -sd, -)
+  listable=$(kubectl api-resources --verbs=list --namespaced -o name | grep -vE '^(events|events\.events\.k8s\.io)$' | paste -sd, -)
   left() {
     local out
-    out=$(kubectl get "$kinds" -n "$ns" -o name | grep -vE '^(serviceaccount/default|configmap/kube-root-ca\.crt)$' || true)
+    out=$(kubectl get "$listable" -n "$ns" -o name) || {
+      echo "kubectl get: $out"
+      return 1
+    }
+    out=$(grep -vE '^(serviceaccount/default|configmap/kube-root-ca\.crt)$' <<<"$out" || true)
     [[ -z $out ]] || {
       echo "left behind: $out"
       return 1
