@@ -79,6 +79,30 @@ type certificate struct {
 	} `json:"spec"`
 }
 
+// prometheusRule is the Prometheus Operator's monitoring.coreos.com/v1
+// PrometheusRule, as far as the chart writes it (a CRD too).
+type prometheusRule struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata"`
+	Spec              ruleFile `json:"spec"`
+}
+
+// ruleFile is a Prometheus rule file, and a PrometheusRule's spec.
+type ruleFile struct {
+	Groups []struct {
+		Name  string `json:"name"`
+		Rules []struct {
+			Alert         string            `json:"alert,omitempty"`
+			Record        string            `json:"record,omitempty"`
+			Expr          string            `json:"expr"`
+			For           string            `json:"for,omitempty"`
+			KeepFiringFor string            `json:"keep_firing_for,omitempty"`
+			Labels        map[string]string `json:"labels"`
+			Annotations   map[string]string `json:"annotations"`
+		} `json:"rules"`
+	} `json:"groups"`
+}
+
 // gateConfig is the part of the gate's config file the checks read. The
 // gate's own parser checks the whole file, in cmd/spacegate's tests.
 type gateConfig struct {
@@ -107,6 +131,7 @@ type rendered struct {
 	netpol         *networkingv1.NetworkPolicy
 	serviceAccount *corev1.ServiceAccount
 	serviceMonitor *serviceMonitor
+	prometheusRule *prometheusRule
 	certificate    *certificate
 }
 
@@ -210,6 +235,9 @@ func decode(t *testing.T, out string) *rendered {
 		case "monitoring.coreos.com/v1, Kind=ServiceMonitor":
 			r.serviceMonitor = new(serviceMonitor)
 			obj = r.serviceMonitor
+		case "monitoring.coreos.com/v1, Kind=PrometheusRule":
+			r.prometheusRule = new(prometheusRule)
+			obj = r.prometheusRule
 		case "cert-manager.io/v1, Kind=Certificate":
 			r.certificate = new(certificate)
 			obj = r.certificate
@@ -250,13 +278,16 @@ func TestChartRenders(t *testing.T) {
 			if r.netpol == nil {
 				t.Errorf("no NetworkPolicy by default")
 			}
-			if r.serviceMonitor != nil || r.certificate != nil {
-				t.Errorf("ServiceMonitor or Certificate rendered by default; they need CRDs")
+			if r.serviceMonitor != nil || r.certificate != nil || r.prometheusRule != nil {
+				t.Errorf("ServiceMonitor, PrometheusRule or Certificate rendered by default; they need CRDs")
 			}
 		}},
 		{"full", []string{"ci/full-values.yaml"}, func(t *testing.T, r *rendered) {
 			if r.serviceMonitor == nil {
 				t.Fatal("serviceMonitor.enabled but no ServiceMonitor")
+			}
+			if r.prometheusRule == nil {
+				t.Fatal("prometheusRule.enabled but no PrometheusRule")
 			}
 			sc := r.deployment.Spec.Template.Spec.SecurityContext
 			if !slices.ContainsFunc(sc.Sysctls, func(s corev1.Sysctl) bool {
@@ -511,11 +542,14 @@ func checkServices(t *testing.T, r *rendered) {
 	for _, p := range c.Ports {
 		named[p.Name] = p
 	}
-	var routes, admin *corev1.Service
+	var routes, admin, fleet *corev1.Service
 	for _, s := range r.services {
-		if s.Labels["app.kubernetes.io/component"] == "admin" {
+		switch s.Labels["app.kubernetes.io/component"] {
+		case "admin":
 			admin = s
-		} else {
+		case "fleet":
+			fleet = s
+		default:
 			routes = s
 		}
 		if !r.selects(&metav1.LabelSelector{MatchLabels: s.Spec.Selector}) {
@@ -527,11 +561,16 @@ func checkServices(t *testing.T, r *rendered) {
 			}
 		}
 	}
-	if routes == nil || admin == nil {
-		t.Fatalf("want a Service for the routes and one for admin, got %d", len(r.services))
+	if routes == nil || admin == nil || fleet == nil || len(r.services) != 3 {
+		t.Fatalf("want a Service for the routes, one for admin and a headless one for the fleet, got %d", len(r.services))
 	}
 	if admin.Spec.Type != corev1.ServiceTypeClusterIP || len(admin.Spec.Ports) != 1 || admin.Spec.Ports[0].Name != "admin" {
 		t.Errorf("admin Service %+v, want ClusterIP with the admin port only", admin.Spec)
+	}
+	// The fleet: one DNS record per ready gate, for admin.fleet's dns: entries.
+	if fleet.Spec.ClusterIP != corev1.ClusterIPNone || len(fleet.Spec.Ports) != 1 || fleet.Spec.Ports[0].Name != "admin" ||
+		fleet.Spec.Ports[0].Port != admin.Spec.Ports[0].Port || fleet.Spec.PublishNotReadyAddresses {
+		t.Errorf("fleet Service %+v, want headless (clusterIP None) with the admin port only, ready gates only", fleet.Spec)
 	}
 	if slices.ContainsFunc(routes.Spec.Ports, func(p corev1.ServicePort) bool { return p.Name == "admin" }) {
 		t.Errorf("the admin port is on the public Service")

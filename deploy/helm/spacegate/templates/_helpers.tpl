@@ -41,6 +41,18 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- .Values.admin.token.existingSecret | default (printf "%s-admin-token" (include "spacegate.fullname" .)) }}
 {{- end }}
 
+{{/*
+spacegate.fleetService: the headless Service that lists every ready gate's
+admin endpoint; spacegate.fleetDNS: the admin.fleet entry that reaches it.
+*/}}
+{{- define "spacegate.fleetService" -}}
+{{- printf "%s-fleet" (include "spacegate.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "spacegate.fleetDNS" -}}
+{{- printf "dns:%s.%s.svc.%s:%d" (include "spacegate.fleetService" .) .Release.Namespace .Values.clusterDomain (int .Values.admin.port) }}
+{{- end }}
+
 {{- define "spacegate.rulesConfigMap" -}}
 {{- .Values.existingRulesConfigMap | default (printf "%s-rules" (include "spacegate.fullname" .)) }}
 {{- end }}
@@ -128,9 +140,7 @@ spacegate.upstreamHost: the host of a route's upstream ("10.0.0.5",
   "shutdown_delay" (printf "%ds" (int .Values.drain.shutdownDelaySeconds))
   "drain_timeout" (printf "%ds" (int .Values.drain.drainTimeoutSeconds))) (.Values.config.limits | default dict) }}
 {{- $admin := dict "listen" (printf "%s:%d" .Values.listenHost (int .Values.admin.port)) "token_file" "/etc/spacegate/admin/token" }}
-{{- with .Values.admin.fleet }}
-{{- $_ := set $admin "fleet" . }}
-{{- end }}
+{{- $_ := set $admin "fleet" (.Values.admin.fleet | default (list (include "spacegate.fleetDNS" .))) }}
 {{- $cfg := dict
   "admin" $admin
   "log" .Values.config.log
