@@ -196,6 +196,10 @@ check_release() {
   [[ $(kubectl get svc "$full-fleet" -n "$ns" -o jsonpath='{.spec.clusterIP}') == None ]] ||
     fail "Service $full-fleet is not headless"
   eventually 30 "the fleet Service lists every gate" fleet_lists "$full-fleet" "$replicas"
+  # ...and the gates' admin.fleet names it, so that /v1/fleet asks them all.
+  if [[ $values == default ]] && ! grep -q -- "- dns:$full-fleet\.$ns\.svc\.cluster\.local:9187\$" <<<"$manifest"; then
+    fail "$rel: the config's admin.fleet does not name dns:$full-fleet.$ns.svc.cluster.local:9187"
+  fi
 
   if [[ " $kinds" == *" PodDisruptionBudget="* ]]; then
     eventually 30 "the PDB allows one disruption" bash -c \
