@@ -262,7 +262,11 @@ func writeFleet(w io.Writer, f *admin.Fleet) error {
 	if !f.InSync {
 		verdict = "DRIFT: the replicas do not serve the same content"
 	}
-	fmt.Fprintf(w, "\nFleet (%d replicas): %s\n", len(f.Replicas), verdict)
+	noun := "replicas"
+	if len(f.Replicas) == 1 {
+		noun = "replica"
+	}
+	fmt.Fprintf(w, "\nFleet (%d %s): %s\n", len(f.Replicas), noun, verdict)
 	odd := oddOnes(f.Differs)
 	tw := newTable(w)
 	row(tw, "", "REPLICA", "NAME", "REACHABLE", "FINGERPRINT", "LOADED", "DIFFERS")
