@@ -9,9 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -122,7 +120,7 @@ func TestCutDuringCopyFromStdin(t *testing.T) {
 // wait (the process stays under 40 threads), and all end within the cut's
 // bounds.
 func TestMassCutStalledSessions(t *testing.T) {
-	if _, err := os.Stat("/proc/self/status"); err != nil {
+	if _, ok := testenv.Threads(); !ok {
 		t.Skip("counts threads in /proc/self/status")
 	}
 	forEachSplice(t, func(t *testing.T, goroutines bool) {
@@ -149,27 +147,14 @@ func TestMassCutStalledSessions(t *testing.T) {
 		waitFor(t, 30*time.Second, "every result to stall", func() bool {
 			return stalledBackends(t) >= n
 		})
-		var peak atomic.Int64
-		stop := make(chan struct{})
-		var wg sync.WaitGroup
-		wg.Go(func() {
-			for {
-				peak.Store(max(peak.Load(), int64(processThreads(t))))
-				select {
-				case <-stop:
-					return
-				case <-time.After(2 * time.Millisecond):
-				}
-			}
-		})
+		peakThreads := testenv.PeakThreads(t)
 		start := time.Now()
 		e.srv.conns.cutAll(&Refusal{Reason: ReasonShutdown, Msg: "mass cut"})
 		waitFor(t, 15*time.Second, "every cut session to end", func() bool { return e.srv.conns.len() == 0 })
 		took := time.Since(start)
-		close(stop)
-		wg.Wait()
-		t.Logf("%d stalled sessions cut in %v; at most %d OS threads", n, took.Round(time.Millisecond), peak.Load())
-		if p := peak.Load(); p >= 40 {
+		peak := peakThreads()
+		t.Logf("%d stalled sessions cut in %v; at most %d OS threads", n, took.Round(time.Millisecond), peak)
+		if p := peak; p >= 40 {
 			t.Errorf("%d OS threads during the cut, want under 40", p)
 		}
 		// A stalled session is mid-row: its cut waits out the grace, then
@@ -198,22 +183,6 @@ func stalledBackends(t *testing.T) int {
 		t.Fatal(err)
 	}
 	return k
-}
-
-// processThreads returns the number of OS threads of this process.
-func processThreads(t *testing.T) int {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "Threads:"); ok {
-			n, _ := strconv.Atoi(strings.TrimSpace(v))
-			return n
-		}
-	}
-	t.Fatal("no Threads: in /proc/self/status")
-	return 0
 }
 
 // TestCutDuringDial cuts a connection while its upstream is being dialled

@@ -4,14 +4,14 @@ import (
 	"errors"
 	"io"
 	"net"
-	"os"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/spacegate/spacegate/internal/testenv"
 )
 
 // TestMassCutStalledClients cuts 150 sessions whose clients stopped
@@ -48,22 +48,7 @@ func TestMassCutStalledClients(t *testing.T) {
 			})
 			ts.up.SetWriteDeadline(time.Time{})
 		}
-		var maxThreads atomic.Int64
-		stop := make(chan struct{})
-		sampled := make(chan struct{})
-		go func() {
-			defer close(sampled)
-			for {
-				if n := int64(threads(t)); n > maxThreads.Load() {
-					maxThreads.Store(n)
-				}
-				select {
-				case <-stop:
-					return
-				case <-time.After(2 * time.Millisecond):
-				}
-			}
-		}()
+		peakThreads := testenv.PeakThreads(t)
 		start := time.Now()
 		for _, ts := range sessions {
 			ts.s.Cut(cutNotice)
@@ -74,32 +59,15 @@ func TestMassCutStalledClients(t *testing.T) {
 			}
 		}
 		took := time.Since(start)
-		close(stop)
-		<-sampled
-		t.Logf("150 stalled sessions cut in %v; at most %d threads", took, maxThreads.Load())
-		if m := maxThreads.Load(); m >= 40 {
+		peak := peakThreads()
+		t.Logf("150 stalled sessions cut in %v; at most %d threads", took, peak)
+		if m := peak; m >= 40 {
 			t.Errorf("%d OS threads during the cut, want under 40", m)
 		}
 		if took > DefaultCutGrace+2*time.Second {
 			t.Errorf("the cut took %v, want about the cut grace of %v", took, DefaultCutGrace)
 		}
 	})
-}
-
-// threads returns the process's number of OS threads.
-func threads(t *testing.T) int {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "Threads:"); ok {
-			n, _ := strconv.Atoi(strings.TrimSpace(v))
-			return n
-		}
-	}
-	t.Fatal("no Threads line in /proc/self/status")
-	return 0
 }
 
 // panicFramer panics once it has seen enough bytes.
