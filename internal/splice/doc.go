@@ -23,12 +23,21 @@
 //     reports in the upstream-to-client stream: the client receives whole
 //     messages, then the notice, then a graceful close; if no boundary comes
 //     within Hooks.CutGrace the session is aborted;
+//   - when reading the upstream's stream ends (EOF or an error) while the
+//     session is live and the client still sending, Hooks.UpstreamLost
+//     may give a notice: the client
+//     gets it, then a graceful close, and the session ends with
+//     ErrUpstreamLost. It is asked only when reading ends: a failed write
+//     to the upstream closes the client gracefully without a notice.
+//     Hooks.ClientStream follows the client's stream, so that the hook
+//     can tell a goodbye from a loss;
 //   - Session.Abort ends it now;
 //   - Hooks.OnEnd is called exactly once, after both sockets are closed,
 //     with the byte counts and why the session ended (nil when both
-//     directions ended, else ErrCut, ErrAborted, ErrPanicked, ErrStopped or
-//     an I/O error; match with errors.Is). It is the one place where the
-//     caller releases what it holds for the session.
+//     directions ended, else ErrCut, ErrUpstreamLost, ErrAborted,
+//     ErrPanicked, ErrStopped or an I/O error; match with errors.Is). It
+//     is the one place where the caller releases what it holds for the
+//     session.
 //
 // Add returns an error only when it took nothing: the caller still owns the
 // sockets, and OnEnd will not be called.
@@ -37,7 +46,8 @@
 // queued, then the notice if any, then close_notify and FIN, then its input
 // read and discarded until it closes, for at most LingerTime and
 // LingerBytes, then close)
-// when the session was cut, when its upstream failed or fell silent, and
+// when the session was cut, when its upstream failed, fell silent or was
+// lost, and
 // for refusals that come before any session (Engine.Close). Only an abort,
 // an error on the client's own socket, a panic and Stop close at once.
 // Reading what the client still sends before the close is what keeps the

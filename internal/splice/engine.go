@@ -105,7 +105,7 @@ type Side struct {
 // from one goroutine at a time, in stream order.
 type Framer interface {
 	// Advance consumes bytes of the stream.
-	Advance(p []byte)
+	Follower
 	// Boundary reports whether the first n bytes of p end the current
 	// message (the stream is then at a boundary), without consuming them;
 	// with n == 0 and ok, the stream is at a boundary already. It is called
@@ -125,9 +125,30 @@ type Hooks struct {
 	// CutGrace bounds how long a cut waits for a boundary; zero means
 	// DefaultCutGrace.
 	CutGrace time.Duration
+	// ClientStream, if set, is told the client's stream to the upstream,
+	// each read before it is sent on, from one goroutine at a time. It is
+	// how UpstreamLost learns what the client has said (a goodbye).
+	ClientStream Follower
+	// UpstreamLost, if set, is asked for a notice when reading the
+	// upstream's stream ends, by EOF (err nil) or an error, while the
+	// session is neither cut nor closing and the client has not finished
+	// sending (then the end answers the client's). It is asked at most
+	// once, on the goroutine that runs Framer, after Framer has seen every
+	// byte the upstream sent. A notice is sent to the client, which is
+	// then closed gracefully, and the session ends with ErrUpstreamLost;
+	// with none, the end is passed on as without the hook: EOF as a
+	// half-close, an error as a graceful close. The notice must be one
+	// whole message of the client's protocol, so the hook gives one only
+	// where Framer is at a boundary.
+	UpstreamLost func(err error) (notice []byte)
 	// OnEnd is called once, on a goroutine of its own, after both sockets
 	// are closed. It may be nil.
 	OnEnd func(Stats, error)
+}
+
+// A Follower follows a stream: Advance is given its bytes in order.
+type Follower interface {
+	Advance(p []byte)
 }
 
 // Stats count the bytes a session moved.

@@ -14,6 +14,10 @@ var (
 	// ErrPanicked ends a session whose code panicked; OnEnd receives a
 	// *PanicError, which matches it.
 	ErrPanicked = errors.New("splice: session ended by a recovered panic")
+	// ErrUpstreamLost ends a session whose upstream's stream ended while
+	// the session was live and Hooks.UpstreamLost gave a notice, which the
+	// client was sent. It wraps the read error, if there was one.
+	ErrUpstreamLost = errors.New("splice: upstream lost; the client was told")
 	// ErrStopped ends a session that was live when Engine.Stop was called,
 	// and is returned by Add and Close after it. It matches ErrAborted.
 	ErrStopped = stoppedError{}

@@ -65,6 +65,7 @@ type portableSession struct {
 	client, upstream Side
 	up, down         atomic.Int64
 	cutting          atomic.Bool  // a cut waits for a boundary
+	clientDone       atomic.Bool  // the client has finished sending
 	silenceAt        atomic.Int64 // the upstream's silence bound, Unix ns; 0: none
 
 	mu       sync.Mutex
@@ -213,12 +214,8 @@ func (s *portableSession) clientToUpstream() {
 					s.holdFlood()
 					return
 				}
-			} else if _, werr := s.upstream.writer().Write(buf[:n]); werr != nil {
-				// The upstream failed: the client is closed gracefully,
-				// and this goroutine discards its input meanwhile.
-				s.closeClient(werr, nil)
 			} else {
-				s.up.Add(int64(n))
+				s.forward(buf[:n])
 			}
 		}
 		buf = b.next(n)
@@ -230,6 +227,7 @@ func (s *portableSession) clientToUpstream() {
 				s.end(rerr)
 				return
 			}
+			s.clientDone.Store(true)
 			closeWrite(s.upstream)
 			if d := s.h.Silence; d > 0 {
 				at := time.Now().Add(d)
@@ -239,6 +237,20 @@ func (s *portableSession) clientToUpstream() {
 			return
 		}
 	}
+}
+
+// forward sends the client's bytes on to the upstream.
+func (s *portableSession) forward(p []byte) {
+	if s.h.ClientStream != nil {
+		s.h.ClientStream.Advance(p)
+	}
+	if _, werr := s.upstream.writer().Write(p); werr != nil {
+		// The upstream failed: the client is closed gracefully, and
+		// clientToUpstream discards its input meanwhile.
+		s.closeClient(werr, nil)
+		return
+	}
+	s.up.Add(int64(len(p)))
 }
 
 // holdFlood stops reading a client that sent LingerBytes since its close
@@ -322,7 +334,15 @@ func (s *portableSession) upstreamToClient() {
 			}
 		}
 		if !errors.Is(rerr, io.EOF) {
-			s.closeClient(rerr, nil)
+			if notice := s.lost(rerr); notice != nil {
+				s.closeClient(fmt.Errorf("%w: %w", ErrUpstreamLost, rerr), notice)
+			} else {
+				s.closeClient(rerr, nil)
+			}
+			return
+		}
+		if notice := s.lost(nil); notice != nil {
+			s.closeClient(ErrUpstreamLost, notice)
 			return
 		}
 		// Under mu with cut's look at downDone: one of the two sees the other.
@@ -337,6 +357,26 @@ func (s *portableSession) upstreamToClient() {
 		closeWrite(s.client)
 		return
 	}
+}
+
+// lost asks Hooks.UpstreamLost for the notice of an upstream whose stream
+// ended (err nil: EOF) while the session was live and the client still
+// sending; nil: none. It runs only
+// on upstreamToClient, which asks at most once, as it returns.
+func (s *portableSession) lost(err error) []byte {
+	if s.h.UpstreamLost == nil || s.cutting.Load() || s.clientDone.Load() {
+		return nil // not a loss; or the client finished first, and this is the answer
+	}
+	s.mu.Lock()
+	live := !s.closing && !s.ended && s.err == nil
+	s.mu.Unlock()
+	if !live {
+		return nil // cut, closing, or ended by end (an abort, Stop, a panic)
+	}
+	if notice := s.h.UpstreamLost(err); len(notice) > 0 {
+		return notice
+	}
+	return nil
 }
 
 func (x Side) reader() io.Reader {

@@ -32,6 +32,7 @@ type session struct {
 	// The graceful close of the client: its input is discarded (up to
 	// LingerBytes) until it closes, or lingerBy.
 	closing   bool
+	lostAsked bool  // Hooks.UpstreamLost has been asked
 	endErr    error // what OnEnd will say
 	lingerBy  time.Time
 	discarded int
@@ -212,6 +213,9 @@ func (s *session) move(src, dst *side, down bool) (more, clientOK bool, err erro
 				}
 				s.stats.Down += int64(n)
 			} else {
+				if s.h.ClientStream != nil {
+					s.h.ClientStream.Advance(data)
+				}
 				s.stats.Up += int64(n)
 			}
 			if err := dst.write(data); err != nil {
@@ -223,6 +227,10 @@ func (s *session) move(src, dst *side, down bool) (more, clientOK bool, err erro
 				return false, true, nil
 			}
 			if !errors.Is(rerr, io.EOF) {
+				if notice := s.lost(down, rerr); notice != nil {
+					s.startClosing(fmt.Errorf("%w: %w", ErrUpstreamLost, rerr), notice)
+					return false, true, nil
+				}
 				return false, down, rerr
 			}
 			src.eof = true
@@ -230,6 +238,10 @@ func (s *session) move(src, dst *side, down bool) (more, clientOK bool, err erro
 				// The upstream ended before a boundary came: nothing more
 				// can complete the message, so the notice cannot follow.
 				s.startClosing(ErrCut, nil)
+				return false, true, nil
+			}
+			if notice := s.lost(down, nil); notice != nil {
+				s.startClosing(ErrUpstreamLost, notice)
 				return false, true, nil
 			}
 			if err := dst.closeWrite(); err != nil {
@@ -241,6 +253,20 @@ func (s *session) move(src, dst *side, down bool) (more, clientOK bool, err erro
 		}
 	}
 	return false, true, nil
+}
+
+// lost asks Hooks.UpstreamLost, once, for the notice of an upstream whose
+// stream ended (err nil: EOF) while the session was live and the client
+// still sending; nil: none.
+func (s *session) lost(down bool, err error) []byte {
+	if !down || s.h.UpstreamLost == nil || s.lostAsked || s.cutting || s.closing || s.client.eof {
+		return nil // not a loss; or the client finished first, and this is the answer
+	}
+	s.lostAsked = true
+	if notice := s.h.UpstreamLost(err); len(notice) > 0 {
+		return notice
+	}
+	return nil
 }
 
 // boundary asks the framer where the current message ends in p.
