@@ -26,6 +26,7 @@ type Metrics struct {
 	Established     *prometheus.CounterVec   // connections_established_total{route}
 	Closed          *prometheus.CounterVec   // connections_closed_total{route}
 	Cut             *prometheus.CounterVec   // connections_cut_total{route,reason}
+	UpstreamLost    *prometheus.CounterVec   // connections_upstream_lost_total{route}
 	Reloads         *prometheus.CounterVec   // reloads_total{result}
 	LastReload      prometheus.Gauge         // last_reload_success_timestamp_seconds
 	ReloadOK        prometheus.Gauge         // config_last_reload_successful
@@ -64,6 +65,8 @@ func NewMetrics() *Metrics {
 			Help: "Established connections that have ended."}, routeLabel),
 		Cut: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "connections_cut_total",
 			Help: "Live connections cut because a reload or a certificate expiry took away their right, by route and reason."}, []string{"route", "reason"}),
+		UpstreamLost: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "connections_upstream_lost_total",
+			Help: "Live PostgreSQL sessions whose upstream closed them with neither an ErrorResponse nor the client's Terminate: a database restart or crash, a killed backend, a network fault."}, routeLabel),
 		Reloads: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "reloads_total",
 			Help: "Configuration reloads, by result (ok, error)."}, []string{"result"}),
 		LastReload: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "last_reload_success_timestamp_seconds",
@@ -108,7 +111,7 @@ func NewMetrics() *Metrics {
 			Help: "Panics recovered in a connection's code; each closed its connection, never the process. Any is a bug: see the log for the stack."}),
 	}
 	m.own = []prometheus.Collector{
-		m.Accepted, m.Refused, m.Established, m.Closed, m.Cut, m.Reloads, m.LastReload, m.ReloadOK, m.ConfigInfo, m.RouteRulesInfo, m.Cancels, m.UpstreamUp, m.Active, m.Rules,
+		m.Accepted, m.Refused, m.Established, m.Closed, m.Cut, m.UpstreamLost, m.Reloads, m.LastReload, m.ReloadOK, m.ConfigInfo, m.RouteRulesInfo, m.Cancels, m.UpstreamUp, m.Active, m.Rules,
 		m.Generation, m.CertExpiry, m.CRLNextUpdate, m.clientExpiry, m.Handshake, m.UpstreamConnect, m.Duration, m.Bytes, m.Panics,
 	}
 	// Present at 0 from the start, so that increase() sees the first

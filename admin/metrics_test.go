@@ -56,6 +56,7 @@ func TestMetricsNames(t *testing.T) {
 		"spacegate_connections_cut_total",
 		"spacegate_connections_established_total",
 		"spacegate_connections_refused_total",
+		"spacegate_connections_upstream_lost_total",
 		"spacegate_crl_next_update_timestamp_seconds",
 		"spacegate_handshake_seconds",
 		"spacegate_ip_rules",

@@ -108,6 +108,8 @@ type conn struct {
 	released  bool          // release has run
 	bytesUp   int64
 	bytesDown int64
+	endErr    error       // why the engine ended the session
+	lost      atomic.Bool // its upstream closed it without a word (upstreamLost)
 }
 
 // serve runs the connection to its end. It never returns an error: the
@@ -553,6 +555,16 @@ func (c *conn) audit(ref *Refusal) {
 		m.Bytes.WithLabelValues(c.routeName(), "client").Add(float64(c.bytesDown))
 		fields = append(fields, zap.String("verdict", "closed"),
 			zap.Int64("bytes_up", c.bytesUp), zap.Int64("bytes_down", c.bytesDown))
+		if c.lost.Load() {
+			m.UpstreamLost.WithLabelValues(c.routeName()).Inc()
+			fields = append(fields, zap.Bool("upstream_lost", true),
+				zap.Bool("client_told", errors.Is(c.endErr, splice.ErrUpstreamLost)))
+			if c.endErr != nil {
+				fields = append(fields, zap.Error(c.endErr))
+			}
+			c.srv.log.Warn("connection closed: the upstream closed it unexpectedly", fields...)
+			return
+		}
 		c.srv.log.Info("connection closed", fields...)
 	}
 }

@@ -42,7 +42,10 @@ func (c *conn) splice() error {
 		// A PostgreSQL client never half-closes: its session is over, and
 		// the server, which sees EOF, closes at once; give it the connect
 		// timeout, not forever.
-		h.Framer = c.framer()
+		var down *pgFramer
+		h.Framer, down = c.framer()
+		up := &clientStream{}
+		h.ClientStream, h.UpstreamLost = up, c.upstreamLost(down, up)
 		h.Silence = c.snap.Config.Limits.UpstreamConnectTimeout
 	} else {
 		// A Redis client may still be reading replies: a bound on
@@ -70,13 +73,16 @@ func (c *conn) splice() error {
 	return errHandedOff
 }
 
-// framer is the session's PostgreSQL framer; with a test hook set, one
-// that runs the hook on the engine, on the first bytes it sees.
-func (c *conn) framer() splice.Framer {
+// framer is the session's PostgreSQL framer, and the pgFramer in it; with
+// a test hook set, one that runs the hook on the engine, on the first
+// bytes it sees.
+func (c *conn) framer() (splice.Framer, *pgFramer) {
 	if c.srv.testHook == nil {
-		return &pgFramer{}
+		f := &pgFramer{}
+		return f, f
 	}
-	return &hookFramer{c: c}
+	f := &hookFramer{c: c}
+	return f, &f.pgFramer
 }
 
 // hookFramer is a pgFramer that runs the test hook hookFramer once.
@@ -99,6 +105,7 @@ func (f *hookFramer) Advance(b []byte) {
 func (c *conn) sessionEnded(st splice.Stats, err error) {
 	defer c.recoverPanic()
 	c.bytesUp, c.bytesDown = st.Up, st.Down
+	c.endErr = err
 	var pe *splice.PanicError
 	if errors.As(err, &pe) {
 		c.srv.notePanic(c, pe.Value, pe.Stack)

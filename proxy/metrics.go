@@ -34,6 +34,7 @@ func observeSnapshot(m *admin.Metrics, s *Snapshot) {
 			m.Cut.WithLabelValues(r.Name, why.String())
 		}
 		if r.Protocol == config.ProtocolPostgres {
+			m.UpstreamLost.WithLabelValues(r.Name)
 			for _, res := range cancelResults() {
 				m.Cancels.WithLabelValues(r.Name, res)
 			}

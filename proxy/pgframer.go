@@ -15,6 +15,7 @@ type pgFramer struct {
 	hdr       [5]byte
 	hdrN      int   // header bytes of the current message seen so far
 	remaining int64 // body bytes of the current message still to come
+	last      byte  // the type of the latest message whose header has come
 }
 
 var _ splice.Framer = (*pgFramer)(nil)
@@ -35,6 +36,7 @@ func (f *pgFramer) Advance(b []byte) {
 		b = b[n:]
 		if f.hdrN == len(f.hdr) {
 			f.hdrN = 0
+			f.last = f.hdr[0]
 			f.remaining = max(int64(binary.BigEndian.Uint32(f.hdr[1:]))-4, 0)
 		}
 	}
