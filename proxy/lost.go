@@ -15,8 +15,8 @@ const upstreamLostHint = "the database server restarted, crashed or ended this s
 // database closes a live session without a word: without it libpq says
 // only "server closed the connection unexpectedly" (or, over TLS, "SSL
 // connection has been closed unexpectedly"), which blames no one.
-func upstreamLostMsg(r *Route) string {
-	return fmt.Sprintf("the database behind route %s closed the connection unexpectedly", r.Name)
+func upstreamLostMsg(route string) string {
+	return fmt.Sprintf("the database behind route %s closed the connection unexpectedly", route)
 }
 
 // clientStream follows a PostgreSQL client's stream to its server, so that
@@ -54,6 +54,6 @@ func (c *conn) upstreamLost(down *pgFramer, up *clientStream) func(error) []byte
 		if !down.atBoundary() {
 			return nil
 		}
-		return pgFatal("08006", upstreamLostMsg(c.route), upstreamLostHint)
+		return pgFatal("08006", upstreamLostMsg(c.route.Name), upstreamLostHint)
 	}
 }
