@@ -361,8 +361,8 @@ func (s *portableSession) upstreamToClient() {
 
 // lost asks Hooks.UpstreamLost for the notice of an upstream whose stream
 // ended (err nil: EOF) while the session was live and the client still
-// sending; nil: none. It runs only
-// on upstreamToClient, which asks at most once, as it returns.
+// sending; nil: none. Only upstreamToClient asks, at most once, as it
+// returns.
 func (s *portableSession) lost(err error) []byte {
 	if s.h.UpstreamLost == nil || s.cutting.Load() || s.clientDone.Load() {
 		return nil // not a loss; or the client finished first, and this is the answer
