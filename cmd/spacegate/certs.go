@@ -103,7 +103,7 @@ func newCertsDownloadCmd() *cobra.Command {
 		},
 	}
 	configFlag(cmd, &f.config)
-	cmd.Flags().StringVar(&f.id, "id", "", "the certificate's id, from `spacegate certs list`")
+	cmd.Flags().StringVar(&f.id, "id", "", "the certificate's id, as spacegate certs list shows it")
 	cmd.Flags().StringVar(&f.prefix, "prefix", "", "prefix of the file names, such as demo_")
 	cmd.Flags().StringVar(&f.dir, "dir", "", "directory to write to (default $HOME/.postgresql)")
 	cmd.Flags().BoolVar(&f.pkcs8, "pkcs8", false, "also write the key as PKCS#8 DER (Ppostgresql.pk8), for JDBC")
@@ -130,7 +130,7 @@ func newCertsRevokeCmd() *cobra.Command {
 		},
 	}
 	configFlag(cmd, &f.config)
-	cmd.Flags().StringVar(&id, "id", "", "the certificate's id, from `spacegate certs list`")
+	cmd.Flags().StringVar(&id, "id", "", "the certificate's id, as spacegate certs list shows it")
 	cmd.Flags().BoolVar(&f.json, "json", false, "print JSON")
 	cmd.Flags().StringVar(&f.admin, "admin", "", "admin endpoint of a running gate, to see the CRL in force (default from admin.listen)")
 	adminTokenFlag(cmd, &f.tokenFile)
