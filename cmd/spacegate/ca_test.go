@@ -129,6 +129,22 @@ func TestCARotate(t *testing.T) {
 	if _, err := m.Verify(chain, time.Now()); err == nil || !strings.Contains(err.Error(), "revoked") {
 		t.Errorf("old-CA certificate revoked after rotation: Verify = %v, want revoked", err)
 	}
+	// Revoking it again waits for the CRL that lists it (the old CA's),
+	// not for the new CA's as well.
+	all, err := crlNumbers(filepath.Join(e.pki, "ca.crl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	listing, err := crlsListing(filepath.Join(e.pki, "ca.crl"), old.Serial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != 2 || len(listing) != 1 || listing[old.Issuer] == nil || listing[old.Issuer].Cmp(all[old.Issuer]) != 0 {
+		t.Errorf("CRLs listing %s: %v, want only that of %s among %v", old.Serial, listing, old.Issuer, all)
+	}
+	if notRevoked, err := crlsListing(filepath.Join(e.pki, "ca.crl"), fresh.Serial); err != nil || len(notRevoked) != 2 {
+		t.Errorf("CRLs listing an unrevoked serial: %v, %v; want every CRL of the file", notRevoked, err)
+	}
 }
 
 // TestCARotatePKIDir: with --pki-dir there is no config, hence no admin

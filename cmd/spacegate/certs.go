@@ -103,7 +103,7 @@ func newCertsDownloadCmd() *cobra.Command {
 		},
 	}
 	configFlag(cmd, &f.config)
-	cmd.Flags().StringVar(&f.id, "id", "", "the certificate's id, from `spacegate certs list`")
+	cmd.Flags().StringVar(&f.id, "id", "", "the certificate's id, as spacegate certs list shows it")
 	cmd.Flags().StringVar(&f.prefix, "prefix", "", "prefix of the file names, such as demo_")
 	cmd.Flags().StringVar(&f.dir, "dir", "", "directory to write to (default $HOME/.postgresql)")
 	cmd.Flags().BoolVar(&f.pkcs8, "pkcs8", false, "also write the key as PKCS#8 DER (Ppostgresql.pk8), for JDBC")
@@ -120,7 +120,9 @@ func newCertsRevokeCmd() *cobra.Command {
 		Short: "Revoke a client certificate",
 		Long: "Revoke a client certificate: write a new CRL listing it, which the running gates pick up.\n" +
 			"It shows \"revoking (2/3; not yet: URL)\" until every replica of admin.fleet has a CRL of that\n" +
-			"issuer with the new CRL number in force on the route, then \"revoked (3/3 replicas)\".\n" + exitCodesHelp,
+			"issuer with the new CRL number in force on the route, then \"revoked (3/3 replicas)\".\n" +
+			"Revoking a revoked certificate again leaves the CRL as it is and checks the fleet again, the same\n" +
+			"way: run it, with --wait, after copying the CRL to the replicas that were not yet.\n" + exitCodesHelp,
 		Args: exactArgs(1, "one argument, ROUTE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := requireFlags(cmd, "id"); err != nil {
@@ -130,7 +132,7 @@ func newCertsRevokeCmd() *cobra.Command {
 		},
 	}
 	configFlag(cmd, &f.config)
-	cmd.Flags().StringVar(&id, "id", "", "the certificate's id, from `spacegate certs list`")
+	cmd.Flags().StringVar(&id, "id", "", "the certificate's id, as spacegate certs list shows it")
 	cmd.Flags().BoolVar(&f.json, "json", false, "print JSON")
 	cmd.Flags().StringVar(&f.admin, "admin", "", "admin endpoint of a running gate, to see the CRL in force (default from admin.listen)")
 	adminTokenFlag(cmd, &f.tokenFile)
@@ -414,17 +416,23 @@ func runCertsRevoke(ctx context.Context, w, errW io.Writer, f revokeFlags, route
 	if err != nil {
 		return err
 	}
+	// Revoking a certificate again changes nothing on disk; it checks the
+	// fleet again, which is how to confirm a revocation once the CRL has
+	// been copied to the replicas that --wait named.
 	cc, err := e.store.Revoke(ctx, id)
-	if errors.Is(err, tlsconf.ErrAlreadyRevoked) {
-		return withHint(err, "nothing to do")
-	}
-	if err != nil {
+	already := errors.Is(err, tlsconf.ErrAlreadyRevoked)
+	if err != nil && !already {
 		return e.noCAHint(err)
 	}
-	if err := audit(ctx, e.pkiDir, auditEntry{Action: "cert.revoke", Route: routeName, ID: cc.ID, Serial: cc.Serial}); err != nil {
-		return err
+	var want map[string]*big.Int
+	if already {
+		want, err = crlsListing(e.store.CRLFile(), cc.Serial)
+	} else {
+		if err := audit(ctx, e.pkiDir, auditEntry{Action: "cert.revoke", Route: routeName, ID: cc.ID, Serial: cc.Serial}); err != nil {
+			return err
+		}
+		want, err = crlNumbers(e.store.CRLFile())
 	}
-	want, err := crlNumbers(e.store.CRLFile())
 	if err != nil {
 		return err
 	}
@@ -439,15 +447,22 @@ func runCertsRevoke(ctx context.Context, w, errW io.Writer, f revokeFlags, route
 	if f.json {
 		v := struct {
 			certView
-			Status   string         `json:"status"`
-			Replicas *fleetProgress `json:"replicas,omitempty"`
-		}{viewCert(cc, time.Now()), state, fw.replicas()}
+			AlreadyRevoked bool           `json:"already_revoked,omitempty"`
+			Status         string         `json:"status"`
+			Replicas       *fleetProgress `json:"replicas,omitempty"`
+		}{viewCert(cc, time.Now()), already, state, fw.replicas()}
 		if err := writeJSON(w, v); err != nil {
 			return err
 		}
 	} else {
-		fmt.Fprintf(w, "revoked certificate %s (serial %s) at %s\nwrote %s\nstatus: %s\n",
-			cc.ID, cc.Serial, showTime(cc.RevokedAt), e.store.CRLFile(), fw.state(crlRevoked, crlRevoking))
+		if already {
+			fmt.Fprintf(w, "certificate %s (serial %s) was already revoked at %s\n%s is unchanged\n",
+				cc.ID, cc.Serial, showTime(cc.RevokedAt), e.store.CRLFile())
+		} else {
+			fmt.Fprintf(w, "revoked certificate %s (serial %s) at %s\nwrote %s\n",
+				cc.ID, cc.Serial, showTime(cc.RevokedAt), e.store.CRLFile())
+		}
+		fmt.Fprintf(w, "status: %s\n", fw.state(crlRevoked, crlRevoking))
 		e.pkiNotes(errW)
 	}
 	return fw.err("revocation of "+cc.ID, f.wait)
@@ -455,13 +470,46 @@ func runCertsRevoke(ctx context.Context, w, errW io.Writer, f revokeFlags, route
 
 // States of a revocation on the fleet.
 const (
-	crlRevoking = "revoking" // the new CRL is written, not yet in force everywhere
+	crlRevoking = "revoking" // the CRL is written, not yet in force everywhere
 	crlRevoked  = "revoked"  // every replica has it in force
 )
 
 // crlNumbers returns the issuer (as the gate names it) and number of each
 // CRL in file: one, or one per issuer of the bundle.
 func crlNumbers(file string) (map[string]*big.Int, error) {
+	out, err := numberedCRLs(file, func(*x509.RevocationList) bool { return true })
+	if err == nil && len(out) == 0 {
+		return nil, fmt.Errorf("%s holds no numbered CRL", file)
+	}
+	return out, err
+}
+
+// crlsListing returns the issuer and number of each CRL in file that
+// lists serial (hex, as certificates' metadata has it): what a replica must
+// serve, at least, for an earlier revocation to be in force. An older CRL
+// may list it too, but the file does not say which; so a replica counts
+// once it has the CRL of the file or a newer one. When no CRL lists the
+// serial (its CA was pruned: the gates refuse the certificate as untrusted),
+// it is every CRL of the file, as for a new revocation.
+func crlsListing(file, serial string) (map[string]*big.Int, error) {
+	want, ok := new(big.Int).SetString(serial, 16)
+	if !ok {
+		return nil, fmt.Errorf("bad serial %q", serial)
+	}
+	out, err := numberedCRLs(file, func(crl *x509.RevocationList) bool {
+		return slices.ContainsFunc(crl.RevokedCertificateEntries, func(e x509.RevocationListEntry) bool {
+			return e.SerialNumber.Cmp(want) == 0
+		})
+	})
+	if err == nil && len(out) == 0 {
+		return crlNumbers(file)
+	}
+	return out, err
+}
+
+// numberedCRLs returns the issuer and number of each numbered CRL in file
+// for which keep holds.
+func numberedCRLs(file string, keep func(*x509.RevocationList) bool) (map[string]*big.Int, error) {
 	data, err := os.ReadFile(file)
 	if err != nil {
 		return nil, err
@@ -480,12 +528,9 @@ func crlNumbers(file string) (map[string]*big.Int, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", file, err)
 		}
-		if crl.Number != nil {
+		if crl.Number != nil && keep(crl) {
 			out[crl.Issuer.String()] = crl.Number
 		}
-	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("%s holds no numbered CRL", file)
 	}
 	return out, nil
 }

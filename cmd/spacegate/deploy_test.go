@@ -235,11 +235,13 @@ func TestDashboardQueriesParse(t *testing.T) {
 	}
 }
 
-// TestHelmChartConfig renders the Helm chart and has the gate's own
-// parsers read the config file and rules files its ConfigMaps hold, so
-// that the chart cannot write a key the gate refuses. (deploy/k8stest
-// checks the Kubernetes side.)
-func TestHelmChartConfig(t *testing.T) {
+// helmChart is the chart's directory, from this package's.
+const helmChart = "../../deploy/helm/spacegate"
+
+// helmBinary returns the helm command: $HELM, helm on $PATH or
+// ~/go/bin/helm. Without one it skips t (fails it when strict).
+func helmBinary(t *testing.T) string {
+	t.Helper()
 	helm := os.Getenv("HELM")
 	if helm == "" {
 		var err error
@@ -255,12 +257,20 @@ func TestHelmChartConfig(t *testing.T) {
 		}
 		t.Skipf("%s; set %s=1 to fail instead of skip", msg, testenv.StrictEnv)
 	}
-	const chart = "../../deploy/helm/spacegate"
+	return helm
+}
+
+// TestHelmChartConfig renders the Helm chart and has the gate's own
+// parsers read the config file and rules files its ConfigMaps hold, so
+// that the chart cannot write a key the gate refuses. (deploy/k8stest
+// checks the Kubernetes side.)
+func TestHelmChartConfig(t *testing.T) {
+	helm := helmBinary(t)
 	for _, values := range []string{"", "ci/full-values.yaml", "ci/minimal-values.yaml"} {
 		t.Run("values="+values, func(t *testing.T) {
-			args := []string{"template", "gate", chart, "--kube-version", "1.31.0"}
+			args := []string{"template", "gate", helmChart, "--kube-version", "1.31.0"}
 			if values != "" {
-				args = append(args, "-f", filepath.Join(chart, values))
+				args = append(args, "-f", filepath.Join(helmChart, values))
 			}
 			out, err := exec.Command(helm, args...).Output()
 			if err != nil {
@@ -298,6 +308,64 @@ func TestHelmChartConfig(t *testing.T) {
 				t.Errorf("found %d config files and %d rules files in the chart's ConfigMaps, want 1 and some", configs, rules)
 			}
 		})
+	}
+}
+
+// TestHelmChartReadyRequiresUpstream: the value admin.readyRequiresUpstream
+// becomes the gate's admin.ready_requires_upstream, read by the gate's own
+// parser; by default the chart writes no such key, so /readyz does not look
+// at the upstreams.
+func TestHelmChartReadyRequiresUpstream(t *testing.T) {
+	helm := helmBinary(t)
+	for _, tc := range []struct {
+		name    string
+		args    []string
+		want    bool
+		written bool // the key is in the rendered file
+	}{
+		{"default", nil, false, false},
+		{"set true", []string{"--set", "admin.readyRequiresUpstream=true"}, true, true},
+		{"set false", []string{"--set", "admin.readyRequiresUpstream=false"}, false, false},
+		{"full-values", []string{"-f", filepath.Join(helmChart, "ci/full-values.yaml")}, true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append([]string{"template", "gate", helmChart, "--kube-version", "1.31.0", "--show-only", "templates/configmap.yaml"}, tc.args...)
+			out, err := exec.Command(helm, args...).Output()
+			if err != nil {
+				t.Fatalf("helm %s: %v", strings.Join(args, " "), err)
+			}
+			dec := yaml.NewDecoder(strings.NewReader(string(out)))
+			var data string
+			for {
+				var doc struct {
+					Data map[string]string `yaml:"data"`
+				}
+				if err := dec.Decode(&doc); err != nil {
+					break
+				}
+				if d, ok := doc.Data["spacegate.yaml"]; ok {
+					data = d
+				}
+			}
+			if data == "" {
+				t.Fatalf("no spacegate.yaml in the chart's ConfigMaps:\n%s", out)
+			}
+			cfg, err := config.Parse([]byte(data), "/etc/spacegate/config/spacegate.yaml")
+			if err != nil {
+				t.Fatalf("the gate refuses the chart's config: %v\n%s", err, data)
+			}
+			if cfg.Admin.ReadyRequiresUpstream != tc.want {
+				t.Errorf("admin.ready_requires_upstream = %v, want %v\n%s", cfg.Admin.ReadyRequiresUpstream, tc.want, data)
+			}
+			if got := strings.Contains(data, "ready_requires_upstream"); got != tc.written {
+				t.Errorf("ready_requires_upstream in the rendered config: %v, want %v\n%s", got, tc.written, data)
+			}
+		})
+	}
+	// The schema takes a boolean only.
+	args := []string{"template", "gate", helmChart, "--kube-version", "1.31.0", "--set-string", "admin.readyRequiresUpstream=yes"}
+	if out, err := exec.Command(helm, args...).CombinedOutput(); err == nil {
+		t.Errorf("helm %s rendered a string for a boolean value:\n%.400s", strings.Join(args, " "), out)
 	}
 }
 

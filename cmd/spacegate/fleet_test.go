@@ -229,7 +229,25 @@ func TestFleetStaleCRL(t *testing.T) {
 	if fl.InSync || !named {
 		t.Errorf("/v1/fleet with a replica on the old CRL: in_sync %v, differs %+v", fl.InSync, fl.Differs)
 	}
+	// Revoking it again writes nothing and asks the fleet again: still
+	// not on the stale replica.
+	crlBefore, err := os.ReadFile(f.path("pki", "ca.crl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, stderr = f.run(t, "certs", "revoke", "db", "--id", c.ID, "--wait", "0")
+	if code != exitWait || !strings.Contains(stdout, "was already revoked at ") || !strings.Contains(stdout, "status: revoking (2/3; not yet: "+stale+")") {
+		t.Errorf("revoke again before the copy: exit %d, want 3\nstdout: %s\nstderr: %s", code, stdout, stderr)
+	}
 	copyFile(t, f.path("pki", "ca.crl"), f.crl3)
+	// Revoking it again is how an operator confirms the copy.
+	code, stdout, stderr = f.run(t, "certs", "revoke", "db", "--id", c.ID, "--wait", "10s")
+	if code != exitOK || !strings.Contains(stdout, "was already revoked at ") || !strings.Contains(stdout, "status: revoked (3/3 replicas)") {
+		t.Errorf("revoke again after the copy: exit %d, want 0\nstdout: %s\nstderr: %s", code, stdout, stderr)
+	}
+	if crlAfter, err := os.ReadFile(f.path("pki", "ca.crl")); err != nil || string(crlAfter) != string(crlBefore) {
+		t.Errorf("revoking again changed the CRL (%v)", err)
+	}
 	fl = f.awaitInSync(t, "after the CRL was copied")
 	want, err := crlNumbers(f.path("pki", "ca.crl"))
 	if err != nil {

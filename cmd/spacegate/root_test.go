@@ -1,9 +1,13 @@
 package main
 
 import (
+	"io"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 func TestExitCodes(t *testing.T) {
@@ -51,4 +55,24 @@ func TestVersionLine(t *testing.T) {
 	if !strings.HasPrefix(stdout, "spacegate "+version) || strings.Count(stdout, "\n") != 1 {
 		t.Errorf("version printed %q, want one line starting %q", stdout, "spacegate "+version)
 	}
+}
+
+// TestFlagPlaceholders: pflag takes a `quoted` word of a flag's usage as
+// the placeholder of its value, so "from `spacegate certs list`" made the
+// help say "--id spacegate certs list". A placeholder is one word.
+func TestFlagPlaceholders(t *testing.T) {
+	var walk func(*cobra.Command)
+	walk = func(c *cobra.Command) {
+		for _, fs := range []*pflag.FlagSet{c.LocalFlags(), c.PersistentFlags()} {
+			fs.VisitAll(func(f *pflag.Flag) {
+				if name, _ := pflag.UnquoteUsage(f); strings.ContainsAny(name, " \t") {
+					t.Errorf("%s --%s: placeholder %q; a backquoted phrase in the usage %q", c.CommandPath(), f.Name, name, f.Usage)
+				}
+			})
+		}
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(newRootCmd(io.Discard, io.Discard))
 }

@@ -107,8 +107,9 @@ type ruleFile struct {
 // gate's own parser checks the whole file, in cmd/spacegate's tests.
 type gateConfig struct {
 	Admin struct {
-		Listen    string `json:"listen"`
-		TokenFile string `json:"token_file"`
+		Listen                string `json:"listen"`
+		TokenFile             string `json:"token_file"`
+		ReadyRequiresUpstream *bool  `json:"ready_requires_upstream"`
 	} `json:"admin"`
 	TLS           map[string]string `json:"tls"`
 	ProxyProtocol struct {
@@ -281,6 +282,11 @@ func TestChartRenders(t *testing.T) {
 			if r.serviceMonitor != nil || r.certificate != nil || r.prometheusRule != nil {
 				t.Errorf("ServiceMonitor, PrometheusRule or Certificate rendered by default; they need CRDs")
 			}
+			// /readyz does not look at the upstreams unless asked:
+			// admin.readyRequiresUpstream writes no key by default.
+			if v := r.config(t).Admin.ReadyRequiresUpstream; v != nil {
+				t.Errorf("admin.ready_requires_upstream = %v by default, want it left out (false)", *v)
+			}
 		}},
 		{"full", []string{"ci/full-values.yaml"}, func(t *testing.T, r *rendered) {
 			if r.serviceMonitor == nil {
@@ -297,6 +303,9 @@ func TestChartRenders(t *testing.T) {
 			}
 			if len(r.secrets) != 3 {
 				t.Errorf("secrets = %d, want the TLS and the space CA Secret from the PEM values, and the admin token", len(r.secrets))
+			}
+			if v := r.config(t).Admin.ReadyRequiresUpstream; v == nil || !*v {
+				t.Errorf("admin.readyRequiresUpstream: true, but the config has admin.ready_requires_upstream %v, want true", v)
 			}
 		}},
 		{"cert-manager", []string{"ci/certmanager-values.yaml"}, func(t *testing.T, r *rendered) {

@@ -141,6 +141,9 @@ spacegate.upstreamHost: the host of a route's upstream ("10.0.0.5",
   "drain_timeout" (printf "%ds" (int .Values.drain.drainTimeoutSeconds))) (.Values.config.limits | default dict) }}
 {{- $admin := dict "listen" (printf "%s:%d" .Values.listenHost (int .Values.admin.port)) "token_file" "/etc/spacegate/admin/token" }}
 {{- $_ := set $admin "fleet" (.Values.admin.fleet | default (list (include "spacegate.fleetDNS" .))) }}
+{{- if .Values.admin.readyRequiresUpstream }}
+{{- $_ := set $admin "ready_requires_upstream" true }}
+{{- end }}
 {{- $cfg := dict
   "admin" $admin
   "log" .Values.config.log
