@@ -132,6 +132,16 @@ func TestCancelFanOutSkipsBlackholes(t *testing.T) {
 // took to end after it, and what it printed. psql must end within limit.
 func psqlCtrlC(t *testing.T, url string, limit time.Duration, running func() bool) (time.Duration, string) {
 	t.Helper()
+	// Signalled before its query runs, psql would die of the signal.
+	return psqlSleep(t, url, limit, running, "Ctrl-C", func(cmd *exec.Cmd) { cmd.Process.Signal(syscall.SIGINT) })
+}
+
+// psqlSleep runs psql with a 30-second pg_sleep on url, does act (named
+// what) once running says the query runs upstream, and returns how long
+// psql took to end after it, and what it printed. psql must end within
+// limit.
+func psqlSleep(t *testing.T, url string, limit time.Duration, running func() bool, what string, act func(*exec.Cmd)) (time.Duration, string) {
+	t.Helper()
 	cmd := exec.Command("psql", url, "-Xc", "select pg_sleep(30)")
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
@@ -140,16 +150,15 @@ func psqlCtrlC(t *testing.T, url string, limit time.Duration, running func() boo
 	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
-	// Signalled before its query runs, psql would die of the signal.
 	waitFor(t, 10*time.Second, "pg_sleep to run upstream", running)
 	start := time.Now()
-	cmd.Process.Signal(syscall.SIGINT)
+	act(cmd)
 	select {
 	case <-done:
 	case <-time.After(limit):
 		cmd.Process.Kill()
 		<-done
-		t.Fatalf("psql still running %s after Ctrl-C: %s", limit, out.String())
+		t.Fatalf("psql still running %s after %s: %s", limit, what, out.String())
 	}
 	return time.Since(start), out.String()
 }

@@ -84,20 +84,19 @@ func backendMessages(t *testing.T, c *pgx.Conn) (types string, codes []string) {
 	return types, codes
 }
 
-// backendPID returns the pid of the backend that runs a query like
-// pattern on pg, waiting for it.
+// backendPID returns the pid of the backend of pg that runs a query like
+// pattern, or 0 if none does.
 func backendPID(t *testing.T, pg *testenv.Postgres, pattern string) int {
 	t.Helper()
+	c, err := pgConnect(t, pg.ConnString())
+	if err != nil {
+		return 0
+	}
+	defer c.Close(context.Background())
 	var pid int
-	waitFor(t, 10*time.Second, "a backend running "+pattern, func() bool {
-		c, err := pgConnect(t, pg.ConnString())
-		if err != nil {
-			return false
-		}
-		defer c.Close(context.Background())
-		err = c.QueryRow(context.Background(), "select pid from pg_stat_activity where query like $1 and pid <> pg_backend_pid()", pattern).Scan(&pid)
-		return err == nil
-	})
+	if err := c.QueryRow(context.Background(), "select pid from pg_stat_activity where query like $1 and pid <> pg_backend_pid()", pattern).Scan(&pid); err != nil {
+		return 0
+	}
 	return pid
 }
 
@@ -127,27 +126,17 @@ func TestUpstreamLost(t *testing.T) {
 
 		t.Run("backend killed -9 in a query: psql is told, naming the route", func(t *testing.T) {
 			before := lost()
-			cmd := exec.Command("psql", e.pgConnString(e.client), "-Xc", "select pg_sleep(30)")
-			var out bytes.Buffer
-			cmd.Stdout, cmd.Stderr = &out, &out
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			done := make(chan error, 1)
-			go func() { done <- cmd.Wait() }()
-			syscall.Kill(backendPID(t, pg, "select pg_sleep(30)%"), syscall.SIGKILL)
-			select {
-			case <-done:
-			case <-time.After(10 * time.Second):
-				cmd.Process.Kill()
-				t.Fatalf("psql still running 10s after its backend was killed: %s", out.String())
-			}
-			t.Logf("psql:\n%s", out.String())
+			var pid int
+			_, out := psqlSleep(t, e.pgConnString(e.client), 10*time.Second, func() bool {
+				pid = backendPID(t, pg, "select pg_sleep(30)%")
+				return pid != 0
+			}, "its backend was killed", func(*exec.Cmd) { syscall.Kill(pid, syscall.SIGKILL) })
+			t.Logf("psql:\n%s", out)
 			for _, want := range []string{
 				"FATAL:  the database behind route db closed the connection unexpectedly",
 				"HINT:  the database server restarted, crashed or ended this session without saying why",
 			} {
-				if !strings.Contains(out.String(), want) {
+				if !strings.Contains(out, want) {
 					t.Errorf("psql did not print %q", want)
 				}
 			}

@@ -13,7 +13,6 @@ import (
 	"net"
 	"os/exec"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -373,30 +372,14 @@ func TestPostgresCancel(t *testing.T) {
 	e := newEnv(t, envOptions{noRedis: true})
 	t.Run("psql Ctrl-C (plaintext cancel)", func(t *testing.T) {
 		testenv.Require(t, "psql")
-		cmd := exec.Command("psql", e.pgConnString(e.client), "-Xc", "select pg_sleep(30)")
-		var out bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &out
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
-		waitFor(t, 10*time.Second, "pg_sleep to run upstream", func() bool {
+		d, out := psqlCtrlC(t, e.pgConnString(e.client), 5*time.Second, func() bool {
 			return e.srv.Status().Routes[0].Active == 1 && sleeping(t) == 1
 		})
-		start := time.Now()
-		cmd.Process.Signal(syscall.SIGINT)
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			cmd.Process.Kill()
-			t.Fatalf("psql still running 5s after Ctrl-C: %s", out.String())
-		}
-		if d := time.Since(start); d > 2*time.Second {
+		if d > 2*time.Second {
 			t.Errorf("cancel took %s", d)
 		}
-		if !strings.Contains(out.String(), "canceling statement due to user request") {
-			t.Fatalf("psql output: %s", out.String())
+		if !strings.Contains(out, "canceling statement due to user request") {
+			t.Fatalf("psql output: %s", out)
 		}
 	})
 	for _, extra := range [][]string{nil, {"sslnegotiation=direct"}} {
