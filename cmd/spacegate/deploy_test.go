@@ -260,6 +260,32 @@ func helmBinary(t *testing.T) string {
 	return helm
 }
 
+// helmConfigMaps renders the chart with the given extra arguments (-f
+// VALUES, --set ...) and returns the data of each ConfigMap.
+func helmConfigMaps(t *testing.T, helm string, extra ...string) []map[string]string {
+	t.Helper()
+	args := append([]string{"template", "gate", helmChart, "--kube-version", "1.31.0"}, extra...)
+	out, err := exec.Command(helm, args...).Output()
+	if err != nil {
+		t.Fatalf("helm %s: %v", strings.Join(args, " "), err)
+	}
+	dec := yaml.NewDecoder(strings.NewReader(string(out)))
+	var cms []map[string]string
+	for {
+		var doc struct {
+			Kind string            `yaml:"kind"`
+			Data map[string]string `yaml:"data"`
+		}
+		if err := dec.Decode(&doc); err != nil {
+			break
+		}
+		if doc.Kind == "ConfigMap" {
+			cms = append(cms, doc.Data)
+		}
+	}
+	return cms
+}
+
 // TestHelmChartConfig renders the Helm chart and has the gate's own
 // parsers read the config file and rules files its ConfigMaps hold, so
 // that the chart cannot write a key the gate refuses. (deploy/k8stest
@@ -268,28 +294,13 @@ func TestHelmChartConfig(t *testing.T) {
 	helm := helmBinary(t)
 	for _, values := range []string{"", "ci/full-values.yaml", "ci/minimal-values.yaml"} {
 		t.Run("values="+values, func(t *testing.T) {
-			args := []string{"template", "gate", helmChart, "--kube-version", "1.31.0"}
+			var args []string
 			if values != "" {
-				args = append(args, "-f", filepath.Join(helmChart, values))
+				args = []string{"-f", filepath.Join(helmChart, values)}
 			}
-			out, err := exec.Command(helm, args...).Output()
-			if err != nil {
-				t.Fatalf("helm %s: %v", strings.Join(args, " "), err)
-			}
-			dec := yaml.NewDecoder(strings.NewReader(string(out)))
 			var configs, rules int
-			for {
-				var doc struct {
-					Kind string            `yaml:"kind"`
-					Data map[string]string `yaml:"data"`
-				}
-				if err := dec.Decode(&doc); err != nil {
-					break
-				}
-				if doc.Kind != "ConfigMap" {
-					continue
-				}
-				for name, data := range doc.Data {
+			for _, cm := range helmConfigMaps(t, helm, args...) {
+				for name, data := range cm {
 					switch {
 					case name == "spacegate.yaml":
 						configs++
@@ -329,26 +340,14 @@ func TestHelmChartReadyRequiresUpstream(t *testing.T) {
 		{"full-values", []string{"-f", filepath.Join(helmChart, "ci/full-values.yaml")}, true, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			args := append([]string{"template", "gate", helmChart, "--kube-version", "1.31.0", "--show-only", "templates/configmap.yaml"}, tc.args...)
-			out, err := exec.Command(helm, args...).Output()
-			if err != nil {
-				t.Fatalf("helm %s: %v", strings.Join(args, " "), err)
-			}
-			dec := yaml.NewDecoder(strings.NewReader(string(out)))
 			var data string
-			for {
-				var doc struct {
-					Data map[string]string `yaml:"data"`
-				}
-				if err := dec.Decode(&doc); err != nil {
-					break
-				}
-				if d, ok := doc.Data["spacegate.yaml"]; ok {
+			for _, cm := range helmConfigMaps(t, helm, tc.args...) {
+				if d, ok := cm["spacegate.yaml"]; ok {
 					data = d
 				}
 			}
 			if data == "" {
-				t.Fatalf("no spacegate.yaml in the chart's ConfigMaps:\n%s", out)
+				t.Fatal("no spacegate.yaml in the chart's ConfigMaps")
 			}
 			cfg, err := config.Parse([]byte(data), "/etc/spacegate/config/spacegate.yaml")
 			if err != nil {
