@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -13,7 +14,7 @@ import (
 // lostHook is a Hooks.UpstreamLost that records its calls and gives
 // cutNotice where the framer is at a boundary, as the gate's does.
 type lostHook struct {
-	framer *toyFramer
+	framer Framer
 	mu     sync.Mutex
 	calls  []error
 }
@@ -158,19 +159,46 @@ func TestUpstreamLost(t *testing.T) {
 	}
 }
 
-// TestUpstreamLostNotAskedAtTheEnd: a session that is cut, or aborted,
-// or whose client finished sending first (the upstream's end answers
-// it), does not ask the hook when the upstream's stream ends.
+// watchedFramer counts the calls of Boundary: the event loop asks it when
+// it takes a cut, which is how a test knows the cut is in force.
+type watchedFramer struct {
+	toyFramer
+	boundaries atomic.Int32
+}
+
+func (f *watchedFramer) Boundary(p []byte) (int, bool) {
+	f.boundaries.Add(1)
+	return f.toyFramer.Boundary(p)
+}
+
+// TestUpstreamLostNotAskedAtTheEnd: a session that is cut (and waits for
+// a boundary), or aborted, or whose client finished sending first (the
+// upstream's end answers it), does not ask the hook when the upstream's
+// stream ends.
 func TestUpstreamLostNotAskedAtTheEnd(t *testing.T) {
 	forEachImpl(t, func(t *testing.T, portable bool) {
 		e := startEngine(t, portable, 1)
 		for _, how := range []string{"cut", "abort", "client finished"} {
-			f := &toyFramer{}
+			f := &watchedFramer{}
 			hook := &lostHook{framer: f}
 			ts := newSession(t, e, shape{}, Hooks{Framer: f, UpstreamLost: hook.lost})
 			switch how {
 			case "cut":
+				// Mid-message, so that the cut waits for a boundary; then
+				// the upstream goes with a reset.
+				half := toyMsg('D', []byte("row"))[:6]
+				if _, err := ts.up.Write(half); err != nil {
+					t.Fatal(err)
+				}
+				ts.client.SetReadDeadline(time.Now().Add(5 * time.Second))
+				if _, err := io.ReadFull(ts.client, make([]byte, len(half))); err != nil {
+					t.Fatal(err)
+				}
 				ts.s.Cut(cutNotice)
+				if !portable { // the portable engine takes a cut at once
+					waitFor(t, 5*time.Second, "the loop to take the cut", func() bool { return f.boundaries.Load() > 0 })
+				}
+				resetConn(t, ts.up)
 			case "abort":
 				ts.s.Abort()
 			default:

@@ -32,7 +32,6 @@ type session struct {
 	// The graceful close of the client: its input is discarded (up to
 	// LingerBytes) until it closes, or lingerBy.
 	closing   bool
-	lostAsked bool  // Hooks.UpstreamLost has been asked
 	endErr    error // what OnEnd will say
 	lingerBy  time.Time
 	discarded int
@@ -255,14 +254,14 @@ func (s *session) move(src, dst *side, down bool) (more, clientOK bool, err erro
 	return false, true, nil
 }
 
-// lost asks Hooks.UpstreamLost, once, for the notice of an upstream whose
-// stream ended (err nil: EOF) while the session was live and the client
-// still sending; nil: none.
+// lost asks Hooks.UpstreamLost for the notice of an upstream whose stream
+// ended (err nil: EOF) while the session was live and the client still
+// sending; nil: none. It is asked at most once: after it the upstream is
+// read no more (src.eof, or closing).
 func (s *session) lost(down bool, err error) []byte {
-	if !down || s.h.UpstreamLost == nil || s.lostAsked || s.cutting || s.closing || s.client.eof {
+	if !down || s.h.UpstreamLost == nil || s.cutting || s.closing || s.client.eof {
 		return nil // not a loss; or the client finished first, and this is the answer
 	}
-	s.lostAsked = true
 	if notice := s.h.UpstreamLost(err); len(notice) > 0 {
 		return notice
 	}
